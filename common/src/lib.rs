@@ -1,0 +1,17 @@
+//! Pieces shared by `statsd-bridge` and `prom-adapter`.
+//!
+//! # Layout
+//! - [`config`]: strict TOML loading whose errors point at `file:line:col` and name the field.
+//! - [`units`]: durations (`"30s"`) and byte sizes (`"8MiB"`) as config values.
+//! - [`prom`]: Prometheus metric/label name sanitizing and exposition escaping.
+//! - [`telemetry`]: `tracing` subscriber setup (text or JSON, `RUST_LOG`-style filter).
+//! - [`http`]: a small hyper 1.x server loop with graceful shutdown.
+//! - [`shutdown`]: one future that resolves on SIGTERM or SIGINT.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+pub mod config;
+pub mod http;
+pub mod prom;
+pub mod shutdown;
+pub mod telemetry;
+pub mod units;
