@@ -1,0 +1,730 @@
+//! The series store: parsed lines in, a consistent snapshot out.
+//!
+//! Series are keyed by sanitized name plus sorted labels, in a sharded concurrent map
+//! (`dashmap`), so listener threads update different series in parallel and a scrape locks
+//! one shard at a time. Everything that could make a scrape fail (type conflicts, names that
+//! collide with another family's `_sum`/`_count`/`_bucket`, reserved label names) is resolved
+//! here, at ingest, and reported as a [`Rejection`] or in the [`Outcome`] counts.
+//!
+//! Time is passed in (`now`), never read, so tests drive TTLs and windows directly.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::panic
+)]
+
+pub mod summary;
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use crate::protocol::{Event, MetricType, Sample, ServiceCheck, Tag, Tags};
+pub use summary::SummaryOptions;
+use summary::Sketch;
+
+/// What `ms`, `h` and `d` lines become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObserverType {
+    /// Cumulative buckets (the bridge's default: aggregatable across pods).
+    #[default]
+    Histogram,
+    /// Client-side quantiles (statsd_exporter's default).
+    Summary,
+}
+
+/// How a gauge value with a leading sign is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignedGauge {
+    /// `+5`/`-5` add to the gauge (statsd_exporter, Etsy StatsD).
+    #[default]
+    Delta,
+    /// `-5` sets the gauge to -5 (the Datadog Agent).
+    Absolute,
+}
+
+/// Prometheus' default histogram buckets, in seconds.
+pub const DEFAULT_BUCKETS: [f64; 11] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// What observers become.
+    pub observer: ObserverType,
+    /// Histogram bucket upper bounds, sorted, without `+Inf`.
+    pub buckets: Arc<[f64]>,
+    /// Summary settings.
+    pub summary: Arc<SummaryOptions>,
+    /// Window over which a set counts distinct members.
+    pub set_window: Duration,
+    /// Distinct members a set remembers per window.
+    pub set_max_members: usize,
+    /// How signed gauge values are read.
+    pub signed_gauge: SignedGauge,
+    /// Series beyond this count are rejected.
+    pub max_series: usize,
+    /// Series not updated for this long are dropped; zero keeps them forever.
+    pub ttl: Duration,
+    /// Family name for DogStatsD events (a counter).
+    pub event_family: String,
+    /// Family name for DogStatsD service checks (a gauge).
+    pub service_check_family: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            observer: ObserverType::Histogram,
+            buckets: Arc::from(DEFAULT_BUCKETS.as_slice()),
+            summary: Arc::new(SummaryOptions::default()),
+            set_window: Duration::from_secs(60),
+            set_max_members: 100_000,
+            signed_gauge: SignedGauge::Delta,
+            max_series: 1_000_000,
+            ttl: Duration::ZERO,
+            event_family: "statsd_events_total".to_owned(),
+            service_check_family: "statsd_service_check_status".to_owned(),
+        }
+    }
+}
+
+/// The exposition type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A counter.
+    Counter,
+    /// A gauge.
+    Gauge,
+    /// A set, exposed as a gauge of distinct members.
+    Set,
+    /// A classic histogram.
+    Histogram,
+    /// A summary.
+    Summary,
+    /// A name the bridge uses for itself; user lines can't take it.
+    Reserved,
+}
+
+impl Kind {
+    /// The `# TYPE` word.
+    pub fn type_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge | Self::Set => "gauge",
+            Self::Histogram => "histogram",
+            Self::Summary => "summary",
+            Self::Reserved => "untyped",
+        }
+    }
+
+    /// Series names this family writes besides its own name.
+    fn suffixes(self) -> &'static [&'static str] {
+        match self {
+            Self::Histogram => &["_bucket", "_sum", "_count"],
+            Self::Summary => &["_sum", "_count"],
+            _ => &[],
+        }
+    }
+}
+
+/// Why a line changed nothing in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Rejection {
+    /// The family exists with another type; the first type seen wins.
+    #[error("metric already exists with another type")]
+    TypeConflict,
+    /// The name collides with another family's `_sum`/`_count`/`_bucket` series.
+    #[error("metric name collides with another family's series")]
+    NameCollision,
+    /// The name is one of the bridge's own metrics.
+    #[error("metric name is reserved for the bridge's own metrics")]
+    ReservedName,
+    /// `max_series` is reached; existing series still update.
+    #[error("series limit reached")]
+    SeriesLimit,
+}
+
+impl Rejection {
+    /// Every rejection, for pre-registering counters.
+    pub const ALL: [Rejection; 4] =
+        [Self::TypeConflict, Self::NameCollision, Self::ReservedName, Self::SeriesLimit];
+
+    /// The `reason` label of `statsd_bridge_samples_dropped_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::TypeConflict => "type_conflict",
+            Self::NameCollision => "name_collision",
+            Self::ReservedName => "reserved_name",
+            Self::SeriesLimit => "series_limit",
+        }
+    }
+}
+
+/// What an accepted line did, for the self-metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Values applied (several for packed lines).
+    pub samples: u32,
+    /// Tags dropped for having no value or an empty key.
+    pub tags_skipped: u32,
+    /// Labels renamed because their name is reserved (`le`, `quantile`, `__…`).
+    pub labels_renamed: u32,
+    /// True when the line created a new series.
+    pub new_series: bool,
+}
+
+#[derive(Debug)]
+struct HistogramCell {
+    bounds: Arc<[f64]>,
+    /// Per bucket, not cumulative; one extra slot for `+Inf`.
+    counts: Box<[f64]>,
+    sum: f64,
+    count: f64,
+}
+
+#[derive(Debug)]
+struct SummaryCell {
+    sketch: Sketch,
+    sum: f64,
+    count: f64,
+}
+
+#[derive(Debug)]
+struct SetCell {
+    window_start: Instant,
+    members: HashSet<u64>,
+}
+
+#[derive(Debug)]
+enum Cell {
+    Counter(f64),
+    Gauge(f64),
+    Set(Box<SetCell>),
+    Histogram(Box<HistogramCell>),
+    Summary(Box<SummaryCell>),
+}
+
+#[derive(Debug)]
+struct Series {
+    cell: Cell,
+    /// Seconds since the store's epoch.
+    last_seen: u32,
+}
+
+/// One update, already converted (rate applied, ms in seconds).
+#[derive(Debug, Clone, Copy)]
+enum Update<'a> {
+    Add(f64),
+    Set(f64),
+    Observe { value: f64, weight: f64 },
+    Member(&'a str),
+}
+
+/// Reusable buffers so building a series key allocates nothing per line.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    text: String,
+    labels: Vec<(Range<usize>, Range<usize>)>,
+    key: Vec<u8>,
+    name_end: usize,
+}
+
+/// Metadata of a family.
+#[derive(Debug, Clone)]
+pub struct Family {
+    /// Its type.
+    pub kind: Kind,
+    /// Its `# HELP` text.
+    pub help: Arc<str>,
+}
+
+/// The series store.
+#[derive(Debug)]
+pub struct Store {
+    cfg: StoreConfig,
+    epoch: Instant,
+    series: DashMap<Arc<[u8]>, Series>,
+    families: Arc<DashMap<Box<str>, Family>>,
+    /// New families are rare; one lock keeps the collision checks atomic.
+    family_lock: std::sync::Mutex<()>,
+    len: AtomicUsize,
+}
+
+const HELP_AUTO: &str = "Metric autogenerated by statsd-bridge.";
+const KEY_NAME_END: u8 = 0x00;
+const KEY_KV: u8 = 0xFE;
+const KEY_LABEL_END: u8 = 0xFF;
+
+impl Store {
+    /// An empty store; `reserved` are names (the bridge's own metrics) user lines can't use.
+    pub fn new<'r>(cfg: StoreConfig, reserved: impl IntoIterator<Item = &'r str>) -> Self {
+        let families = DashMap::new();
+        for name in reserved {
+            families.insert(Box::from(name), Family { kind: Kind::Reserved, help: Arc::from("") });
+        }
+        Self {
+            cfg,
+            epoch: Instant::now(),
+            series: DashMap::new(),
+            families: Arc::new(families),
+            family_lock: std::sync::Mutex::new(()),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Live series.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// True when no series is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn seconds(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Applies a metric line.
+    pub fn ingest_sample(
+        &self,
+        s: &Sample<'_>,
+        scratch: &mut Scratch,
+        now: Instant,
+    ) -> Result<Outcome, Rejection> {
+        let kind = match s.kind {
+            MetricType::Counter => Kind::Counter,
+            MetricType::Gauge => Kind::Gauge,
+            MetricType::Set => Kind::Set,
+            MetricType::Timer | MetricType::Histogram | MetricType::Distribution => {
+                match self.cfg.observer {
+                    ObserverType::Histogram => Kind::Histogram,
+                    ObserverType::Summary => Kind::Summary,
+                }
+            }
+        };
+        let mut outcome = scratch.build(s.name, s.name_suffix, &s.tags, &[], kind);
+        let weight = 1.0 / s.rate;
+        let signed_is_delta = self.cfg.signed_gauge == SignedGauge::Delta;
+        let updates = s.values().map(move |v| match s.kind {
+            MetricType::Counter => Update::Add(v.value * weight),
+            MetricType::Gauge if v.signed && signed_is_delta => Update::Add(v.value),
+            MetricType::Gauge => Update::Set(v.value),
+            MetricType::Timer => Update::Observe { value: v.value / 1000.0, weight },
+            MetricType::Histogram | MetricType::Distribution => {
+                Update::Observe { value: v.value, weight }
+            }
+            MetricType::Set => Update::Member(""),
+        });
+        let (samples, new_series) = if s.kind == MetricType::Set {
+            self.apply(scratch, kind, std::iter::once(Update::Member(s.set_member())), now)?
+        } else {
+            self.apply(scratch, kind, updates, now)?
+        };
+        outcome.samples = samples;
+        outcome.new_series = new_series;
+        Ok(outcome)
+    }
+
+    /// Counts an event in the events family, by alert type and tags.
+    pub fn ingest_event(
+        &self,
+        e: &Event<'_>,
+        scratch: &mut Scratch,
+        now: Instant,
+    ) -> Result<Outcome, Rejection> {
+        let family = self.cfg.event_family.clone();
+        let extra = [("alert_type", e.alert_type.as_str())];
+        let mut outcome = scratch.build(&family, "", &e.tags, &extra, Kind::Counter);
+        (outcome.samples, outcome.new_series) =
+            self.apply(scratch, Kind::Counter, std::iter::once(Update::Add(1.0)), now)?;
+        Ok(outcome)
+    }
+
+    /// Records a service check's status in the service-check family.
+    pub fn ingest_service_check(
+        &self,
+        sc: &ServiceCheck<'_>,
+        scratch: &mut Scratch,
+        now: Instant,
+    ) -> Result<Outcome, Rejection> {
+        let family = self.cfg.service_check_family.clone();
+        let extra = [("check", sc.name)];
+        let mut outcome = scratch.build(&family, "", &sc.tags, &extra, Kind::Gauge);
+        let update = Update::Set(f64::from(sc.status));
+        (outcome.samples, outcome.new_series) =
+            self.apply(scratch, Kind::Gauge, std::iter::once(update), now)?;
+        Ok(outcome)
+    }
+
+    fn apply<'u>(
+        &self,
+        scratch: &Scratch,
+        kind: Kind,
+        updates: impl Iterator<Item = Update<'u>>,
+        now: Instant,
+    ) -> Result<(u32, bool), Rejection> {
+        let seen = self.seconds(now);
+        if let Some(mut series) = self.series.get_mut(scratch.key.as_slice()) {
+            series.last_seen = seen;
+            return Ok((self.update(&mut series.cell, updates, now)?, false));
+        }
+        self.check_family(scratch.name(), kind)?;
+        if self.len() >= self.cfg.max_series {
+            return Err(Rejection::SeriesLimit);
+        }
+        match self.series.entry(Arc::from(scratch.key.as_slice())) {
+            Entry::Occupied(mut e) => {
+                let series = e.get_mut();
+                series.last_seen = seen;
+                Ok((self.update(&mut series.cell, updates, now)?, false))
+            }
+            Entry::Vacant(e) => {
+                let mut cell = self.new_cell(kind, now);
+                let n = self.update(&mut cell, updates, now)?;
+                e.insert(Series { cell, last_seen: seen });
+                self.len.fetch_add(1, Ordering::Relaxed);
+                Ok((n, true))
+            }
+        }
+    }
+
+    fn new_cell(&self, kind: Kind, now: Instant) -> Cell {
+        match kind {
+            Kind::Counter | Kind::Reserved => Cell::Counter(0.0),
+            Kind::Gauge => Cell::Gauge(0.0),
+            Kind::Set => {
+                Cell::Set(Box::new(SetCell { window_start: now, members: HashSet::new() }))
+            }
+            Kind::Histogram => Cell::Histogram(Box::new(HistogramCell {
+                bounds: Arc::clone(&self.cfg.buckets),
+                counts: vec![0.0; self.cfg.buckets.len() + 1].into_boxed_slice(),
+                sum: 0.0,
+                count: 0.0,
+            })),
+            Kind::Summary => {
+                Cell::Summary(Box::new(SummaryCell { sketch: Sketch::new(now), sum: 0.0, count: 0.0 }))
+            }
+        }
+    }
+
+    fn update<'u>(
+        &self,
+        cell: &mut Cell,
+        updates: impl Iterator<Item = Update<'u>>,
+        now: Instant,
+    ) -> Result<u32, Rejection> {
+        let mut n = 0;
+        for update in updates {
+            match (&mut *cell, update) {
+                (Cell::Counter(c), Update::Add(v)) | (Cell::Gauge(c), Update::Add(v)) => *c += v,
+                (Cell::Gauge(g), Update::Set(v)) => *g = v,
+                (Cell::Histogram(h), Update::Observe { value, weight }) => {
+                    let i = h.bounds.partition_point(|b| *b < value);
+                    if let Some(c) = h.counts.get_mut(i) {
+                        *c += weight;
+                    } else if let Some(inf) = h.counts.last_mut() {
+                        *inf += weight; // NaN lands past every bound.
+                    }
+                    h.sum += value * weight;
+                    h.count += weight;
+                }
+                (Cell::Summary(s), Update::Observe { value, weight }) => {
+                    s.sketch.observe(value, weight, now, &self.cfg.summary);
+                    s.sum += value * weight;
+                    s.count += weight;
+                }
+                (Cell::Set(set), Update::Member(m)) => {
+                    if now.saturating_duration_since(set.window_start) >= self.cfg.set_window {
+                        set.members.clear();
+                        set.window_start = now;
+                    }
+                    if set.members.len() < self.cfg.set_max_members {
+                        let mut h = std::hash::DefaultHasher::new();
+                        m.hash(&mut h);
+                        set.members.insert(h.finish());
+                    }
+                }
+                _ => return Err(Rejection::TypeConflict),
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Makes sure `name` may hold a family of `kind`, registering it if new.
+    fn check_family(&self, name: &str, kind: Kind) -> Result<(), Rejection> {
+        if let Some(f) = self.families.get(name) {
+            return match f.kind {
+                k if k == kind => Ok(()),
+                Kind::Reserved => Err(Rejection::ReservedName),
+                _ => Err(Rejection::TypeConflict),
+            };
+        }
+        let _guard = self.family_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = self.families.get(name) {
+            return if f.kind == kind { Ok(()) } else { Err(Rejection::TypeConflict) };
+        }
+        let mut probe = String::with_capacity(name.len() + 8);
+        // Our own `_sum`/`_count`/`_bucket` must not be someone else's family…
+        for suffix in kind.suffixes() {
+            probe.clear();
+            probe.push_str(name);
+            probe.push_str(suffix);
+            if let Some(f) = self.families.get(probe.as_str()) {
+                return Err(if f.kind == Kind::Reserved {
+                    Rejection::ReservedName
+                } else {
+                    Rejection::NameCollision
+                });
+            }
+        }
+        // …and our name must not be another family's suffixed series.
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix)
+                && let Some(f) = self.families.get(base)
+                && f.kind.suffixes().contains(&suffix)
+            {
+                return Err(Rejection::NameCollision);
+            }
+        }
+        let help = if name == self.cfg.event_family {
+            "DogStatsD events received, by alert type and tags."
+        } else if name == self.cfg.service_check_family {
+            "Last status of each DogStatsD service check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
+        } else {
+            HELP_AUTO
+        };
+        self.families.insert(Box::from(name), Family { kind, help: Arc::from(help) });
+        Ok(())
+    }
+
+    /// Drops series idle for longer than the TTL; returns how many went.
+    pub fn expire(&self, now: Instant) -> usize {
+        if self.cfg.ttl.is_zero() {
+            return 0;
+        }
+        let cutoff = self.seconds(now).saturating_sub(
+            u32::try_from(self.cfg.ttl.as_secs().max(1)).unwrap_or(u32::MAX),
+        );
+        let mut removed = 0;
+        self.series.retain(|_, s| {
+            let keep = s.last_seen > cutoff;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
+    /// A consistent-per-series copy of every series, sorted by family then labels.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut series = Vec::with_capacity(self.len());
+        for mut entry in self.series.iter_mut() {
+            let key = Arc::clone(entry.key());
+            let value = match &mut entry.value_mut().cell {
+                Cell::Counter(v) => Value::Counter(*v),
+                Cell::Gauge(v) => Value::Gauge(*v),
+                Cell::Set(set) => {
+                    let live = now.saturating_duration_since(set.window_start) < self.cfg.set_window;
+                    Value::Gauge(if live { set.members.len() as f64 } else { 0.0 })
+                }
+                Cell::Histogram(h) => {
+                    let mut acc = 0.0;
+                    let cumulative = h
+                        .counts
+                        .iter()
+                        .map(|c| {
+                            acc += c;
+                            acc
+                        })
+                        .collect();
+                    Value::Histogram {
+                        bounds: Arc::clone(&h.bounds),
+                        cumulative,
+                        sum: h.sum,
+                        count: h.count,
+                    }
+                }
+                Cell::Summary(s) => Value::Summary {
+                    quantiles: s.sketch.quantiles(now, &self.cfg.summary),
+                    sum: s.sum,
+                    count: s.count,
+                },
+            };
+            series.push(SeriesSnapshot { key, value });
+        }
+        series.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        Snapshot { series, families: Arc::clone(&self.families) }
+    }
+}
+
+impl Scratch {
+    /// Fills `key` with the encoded series key and returns tag counts.
+    fn build(
+        &mut self,
+        name: &str,
+        name_suffix: &str,
+        tags: &Tags<'_>,
+        extra: &[(&str, &str)],
+        kind: Kind,
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        self.text.clear();
+        self.labels.clear();
+        common::prom::sanitize_name_into(name, &mut self.text);
+        self.text.extend(
+            name_suffix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
+        );
+        self.name_end = self.text.len();
+        let pairs = tags.iter().filter_map(|t| match t {
+            Tag::Pair(k, v) => Some((k, v)),
+            Tag::Skipped => {
+                outcome.tags_skipped += 1;
+                None
+            }
+        });
+        for (k, v) in pairs.chain(extra.iter().copied()) {
+            let k_start = self.text.len();
+            common::prom::sanitize_name_into(k, &mut self.text);
+            let renamed = {
+                let key = self.text.get(k_start..).unwrap_or("");
+                key.starts_with("__")
+                    || (kind == Kind::Histogram && key == "le")
+                    || (kind == Kind::Summary && key == "quantile")
+            };
+            if renamed {
+                self.text.insert_str(k_start, "exported_");
+                outcome.labels_renamed += 1;
+            }
+            let k_end = self.text.len();
+            self.text.push_str(v);
+            self.labels.push((k_start..k_end, k_end..self.text.len()));
+        }
+        let text = self.text.as_str();
+        let slice = |r: &Range<usize>| text.get(r.clone()).unwrap_or("");
+        // Stable sort, then keep the last of equal keys: a later tag wins, as in statsd_exporter.
+        self.labels.sort_by(|a, b| slice(&a.0).cmp(slice(&b.0)));
+        let mut i = 0;
+        while i + 1 < self.labels.len() {
+            let same = match (self.labels.get(i), self.labels.get(i + 1)) {
+                (Some(a), Some(b)) => slice(&a.0) == slice(&b.0),
+                _ => false,
+            };
+            if same {
+                self.labels.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.key.clear();
+        self.key.extend_from_slice(text.get(..self.name_end).unwrap_or("").as_bytes());
+        self.key.push(KEY_NAME_END);
+        for (k, v) in &self.labels {
+            self.key.extend_from_slice(slice(k).as_bytes());
+            self.key.push(KEY_KV);
+            self.key.extend_from_slice(slice(v).as_bytes());
+            self.key.push(KEY_LABEL_END);
+        }
+        outcome
+    }
+
+    fn name(&self) -> &str {
+        self.text.get(..self.name_end).unwrap_or("")
+    }
+}
+
+/// A series' value at snapshot time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Counter total.
+    Counter(f64),
+    /// Gauge (and set) value.
+    Gauge(f64),
+    /// Histogram with cumulative bucket counts (last is `+Inf`).
+    Histogram {
+        /// Upper bounds without `+Inf`.
+        bounds: Arc<[f64]>,
+        /// Cumulative counts, one per bound plus `+Inf`.
+        cumulative: Vec<f64>,
+        /// Sum of observations.
+        sum: f64,
+        /// Count of observations (weighted).
+        count: f64,
+    },
+    /// Summary with its quantiles.
+    Summary {
+        /// (quantile, value) pairs.
+        quantiles: Vec<(f64, f64)>,
+        /// Sum of observations.
+        sum: f64,
+        /// Count of observations (weighted).
+        count: f64,
+    },
+}
+
+/// One series in a snapshot.
+#[derive(Debug, Clone)]
+pub struct SeriesSnapshot {
+    key: Arc<[u8]>,
+    /// Its value.
+    pub value: Value,
+}
+
+impl SeriesSnapshot {
+    /// The family name.
+    pub fn name(&self) -> &str {
+        let end = self.key.iter().position(|b| *b == KEY_NAME_END).unwrap_or(self.key.len());
+        self.key.get(..end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("")
+    }
+
+    /// Labels, sorted by name.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        let start = self.key.iter().position(|b| *b == KEY_NAME_END).map_or(self.key.len(), |i| i + 1);
+        self.key
+            .get(start..)
+            .unwrap_or(&[])
+            .split(|b| *b == KEY_LABEL_END)
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| {
+                let at = l.iter().position(|b| *b == KEY_KV)?;
+                let (k, v) = (l.get(..at)?, l.get(at + 1..)?);
+                Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
+            })
+    }
+}
+
+/// Every series, sorted, with family metadata.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Series sorted by family name, then labels.
+    pub series: Vec<SeriesSnapshot>,
+    families: Arc<DashMap<Box<str>, Family>>,
+}
+
+impl Snapshot {
+    /// Metadata of a family.
+    pub fn family(&self, name: &str) -> Option<Family> {
+        self.families.get(name).map(|f| f.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;

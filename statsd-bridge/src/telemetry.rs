@@ -1,0 +1,245 @@
+//! The bridge's own metrics, `statsd_bridge_*`, on the same `/metrics` page.
+//!
+//! Label values come only from closed vocabularies (`Transport::as_str`,
+//! `ParseError::reason`, `Rejection::reason`, `MetricType::as_str`), never from user data,
+//! and every handle is resolved once at start so the hot path only bumps atomics.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::aggregate::Rejection;
+use crate::protocol::{MetricType, ParseError};
+
+/// Where a datagram or line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP datagrams.
+    Udp,
+    /// Newline-delimited TCP streams.
+    Tcp,
+    /// Unix datagram sockets.
+    Unixgram,
+}
+
+impl Transport {
+    /// The `transport` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Unixgram => "unixgram",
+        }
+    }
+
+    const ALL: [Transport; 3] = [Self::Udp, Self::Tcp, Self::Unixgram];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const TYPES: [MetricType; 6] = [
+    MetricType::Counter,
+    MetricType::Gauge,
+    MetricType::Timer,
+    MetricType::Histogram,
+    MetricType::Distribution,
+    MetricType::Set,
+];
+
+/// Resolved counter handles for one transport.
+#[derive(Debug, Clone)]
+pub struct TransportCounters {
+    /// Datagrams (or TCP reads) received.
+    pub packets: IntCounter,
+    /// Bytes received.
+    pub bytes: IntCounter,
+    /// Lines received (before parsing).
+    pub lines: IntCounter,
+}
+
+/// Every self-metric handle.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// The registry rendered after the user's series.
+    pub registry: Registry,
+    transports: Vec<TransportCounters>,
+    rejected: Vec<IntCounter>,
+    dropped: Vec<IntCounter>,
+    samples: Vec<IntCounter>,
+    /// Events accepted.
+    pub events: IntCounter,
+    /// Service checks accepted.
+    pub service_checks: IntCounter,
+    /// Lines whose sample rate was unparsable or outside (0, 1] and was read as 1.
+    pub sample_rate_invalid: IntCounter,
+    /// Tags without a value or with an empty key, dropped.
+    pub tags_skipped: IntCounter,
+    /// Labels renamed to `exported_…` because the name is reserved.
+    pub labels_renamed: IntCounter,
+    /// Live series.
+    pub series: IntGauge,
+    /// Series created.
+    pub series_created: IntCounter,
+    /// Series removed by the TTL.
+    pub series_expired: IntCounter,
+    /// Time to build and encode a scrape.
+    pub scrape_duration: Histogram,
+}
+
+impl Telemetry {
+    /// Registers every metric, process metrics included.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let packets = counter_vec(
+            "statsd_bridge_packets_total",
+            "Datagrams received (TCP: reads), by transport.",
+            "transport",
+        )?;
+        let bytes =
+            counter_vec("statsd_bridge_bytes_total", "Bytes received, by transport.", "transport")?;
+        let lines = counter_vec(
+            "statsd_bridge_lines_total",
+            "Non-empty lines received, by transport.",
+            "transport",
+        )?;
+        let transports = Transport::ALL
+            .iter()
+            .map(|t| TransportCounters {
+                packets: packets.with_label_values(&[t.as_str()]),
+                bytes: bytes.with_label_values(&[t.as_str()]),
+                lines: lines.with_label_values(&[t.as_str()]),
+            })
+            .collect();
+        let rejected_vec = counter_vec(
+            "statsd_bridge_lines_rejected_total",
+            "Lines rejected by the parser, by reason; the other lines of the packet still count.",
+            "reason",
+        )?;
+        let rejected =
+            ParseError::ALL.iter().map(|r| rejected_vec.with_label_values(&[r.reason()])).collect();
+        let dropped_vec = counter_vec(
+            "statsd_bridge_samples_dropped_total",
+            "Parsed lines the store refused, by reason (type_conflict: the first type seen for a name wins).",
+            "reason",
+        )?;
+        let dropped =
+            Rejection::ALL.iter().map(|r| dropped_vec.with_label_values(&[r.reason()])).collect();
+        let samples_vec = counter_vec(
+            "statsd_bridge_samples_total",
+            "Values applied to the store, by StatsD type (a packed line counts each value).",
+            "type",
+        )?;
+        let samples = TYPES.iter().map(|t| samples_vec.with_label_values(&[t.as_str()])).collect();
+        let events = samples_vec.with_label_values(&["event"]);
+        let service_checks = samples_vec.with_label_values(&["service_check"]);
+        let sample_rate_invalid = counter(
+            "statsd_bridge_sample_rate_invalid_total",
+            "Lines whose sample rate was unparsable or outside (0, 1] and was read as 1.",
+        )?;
+        let tags_skipped = counter(
+            "statsd_bridge_tags_skipped_total",
+            "Tags dropped because they had no value or an empty key.",
+        )?;
+        let labels_renamed = counter(
+            "statsd_bridge_labels_renamed_total",
+            "Labels renamed to exported_<name> because the name is reserved (le, quantile, __*).",
+        )?;
+        let series = IntGauge::new("statsd_bridge_series", "Series currently held.")?;
+        registry.register(Box::new(series.clone()))?;
+        let series_created = counter("statsd_bridge_series_created_total", "Series created.")?;
+        let series_expired =
+            counter("statsd_bridge_series_expired_total", "Series removed after the TTL.")?;
+        let scrape_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "statsd_bridge_scrape_duration_seconds",
+                "Time to snapshot and encode the metrics page.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )?;
+        registry.register(Box::new(scrape_duration.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("statsd_bridge_build_info", "Build information; the value is 1."),
+            &["version"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(Self {
+            registry,
+            transports,
+            rejected,
+            dropped,
+            samples,
+            events,
+            service_checks,
+            sample_rate_invalid,
+            tags_skipped,
+            labels_renamed,
+            series,
+            series_created,
+            series_expired,
+            scrape_duration,
+        })
+    }
+
+    /// Counters of one transport.
+    pub fn transport(&self, t: Transport) -> &TransportCounters {
+        // Built from Transport::ALL in index order, so the index is always present.
+        #[allow(clippy::indexing_slicing)]
+        &self.transports[t.index()]
+    }
+
+    /// Counts a rejected line.
+    pub fn line_rejected(&self, e: ParseError) {
+        if let Some(c) = ParseError::ALL.iter().position(|r| *r == e).and_then(|i| self.rejected.get(i)) {
+            c.inc();
+        }
+    }
+
+    /// Counts a line the store refused.
+    pub fn sample_dropped(&self, r: Rejection) {
+        if let Some(c) = Rejection::ALL.iter().position(|x| *x == r).and_then(|i| self.dropped.get(i)) {
+            c.inc();
+        }
+    }
+
+    /// Counts applied values of a type.
+    pub fn samples(&self, t: MetricType, n: u32) {
+        if let Some(c) = TYPES.iter().position(|x| *x == t).and_then(|i| self.samples.get(i)) {
+            c.inc_by(u64::from(n));
+        }
+    }
+
+    /// Every family name this registry exposes, with the series names they write, so user
+    /// lines can't take them.
+    pub fn reserved_names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .flat_map(|f| {
+                let n = f.name();
+                [n.to_owned(), format!("{n}_sum"), format!("{n}_count"), format!("{n}_bucket")]
+            })
+            .collect()
+    }
+
+    /// Appends the self-metrics in text format.
+    pub fn encode(&self, out: &mut String) {
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), out) {
+            tracing::warn!(error = %e, "Cannot encode the self-metrics.");
+        }
+    }
+}
