@@ -1,1 +1,88 @@
-fn main() {}
+//! The `statsd-bridge` binary: flags and config in, [`statsd_bridge::run`] out.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use statsd_bridge::cli::{Cli, Command};
+use statsd_bridge::config::{BridgeConfig, Config};
+
+/// Config or usage error (sysexits' EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+fn load(cli: &Cli, file: Option<&Path>) -> Result<Config, String> {
+    let (mut bridge, src, path) = match file {
+        Some(path) => {
+            let cfg = Config::load(path).map_err(|e| e.to_string())?;
+            let src = std::fs::read_to_string(path).unwrap_or_default();
+            (cfg.bridge, src, path.to_path_buf())
+        }
+        None => (BridgeConfig::default(), String::new(), PathBuf::from("<defaults>")),
+    };
+    cli.apply(&mut bridge)?;
+    Config::validate(bridge, &src, &path).map_err(|e| e.to_string())
+}
+
+fn write_ready_file(path: &Path, body: &serde_json::Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(tmp, path)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        let file = file.clone().or_else(|| cli.config.clone()).unwrap_or_else(|| "pipeline.toml".into());
+        return match load(&cli, Some(&file)) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EX_USAGE)
+            }
+        };
+    }
+    let cfg = match load(&cli, cli.config.as_deref()) {
+        Ok(cfg) if cli.check_config => {
+            println!("config ok");
+            drop(cfg);
+            return ExitCode::SUCCESS;
+        }
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("statsd-bridge: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let directives = common::telemetry::directives_for_level(cfg.bridge.log_level.get_ref(), &["statsd_bridge", "common"]);
+    if let Err(e) = directives.and_then(|d| common::telemetry::init(&d, cfg.bridge.log_format)) {
+        eprintln!("statsd-bridge: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, "Starting statsd-bridge.");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the async runtime.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listeners = statsd_bridge::Listeners::bind(&cfg)?;
+        if let Some(path) = &cli.ready_file
+            && let Err(e) = write_ready_file(path, &listeners.describe())
+        {
+            tracing::error!(path = %path.display(), error = %e, "Cannot write the ready file.");
+        }
+        statsd_bridge::run(cfg, listeners, common::shutdown::signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "statsd-bridge failed.");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The `[bridge]` table of `pipeline.toml`. Every field's doc comment is its reference.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::config::ConfigError;
+use common::telemetry::LogFormat;
+use common::units::{ByteSize, Duration};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::aggregate::{DEFAULT_BUCKETS, ObserverType, SignedGauge, StoreConfig, SummaryOptions};
+use crate::protocol::ParseOptions;
+
+/// The whole file as the bridge reads it: its own table, the adapter's table ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    version: Spanned<u32>,
+    #[serde(default)]
+    bridge: BridgeConfig,
+    /// Read and validated by prom-adapter.
+    #[serde(default)]
+    #[allow(dead_code)]
+    adapter: Option<toml::Table>,
+}
+
+/// Settings of statsd-bridge (`[bridge]` in `pipeline.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// UDP addresses to receive StatsD on; `[]` for none. `":8125"` means all interfaces.
+    pub listen_udp: Spanned<Vec<String>>,
+    /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub web_listen: Spanned<String>,
+    /// Path of the metrics page.
+    pub telemetry_path: Spanned<String>,
+    /// Kernel receive buffer per socket (`SO_RCVBUF`); `0` keeps the OS default. The kernel
+    /// caps it at `net.core.rmem_max`; the size granted is logged.
+    pub read_buffer: ByteSize,
+    /// What `ms`, `h` and `d` lines become: `"histogram"` or `"summary"` (statsd_exporter's
+    /// default).
+    pub observer_type: ObserverType,
+    /// Histogram bucket upper bounds (seconds for timers), strictly increasing.
+    pub histogram_buckets: Spanned<Vec<f64>>,
+    /// Summary quantiles, each in (0, 1).
+    pub summary_quantiles: Spanned<Vec<f64>>,
+    /// How long an observation counts towards summary quantiles.
+    pub summary_max_age: Duration,
+    /// Buffers the summary window rotates through.
+    pub summary_age_buckets: Spanned<u32>,
+    /// Samples a summary buffer holds before it is compacted.
+    pub summary_buf_cap: Spanned<usize>,
+    /// Window over which a set (`|s`) counts distinct members.
+    pub set_window: Spanned<Duration>,
+    /// Distinct members a set remembers per window; more are not counted.
+    pub set_max_members: usize,
+    /// How `g:+5|g` / `g:-5|g` are read: `"delta"` (statsd_exporter) or `"absolute"` (the
+    /// Datadog Agent).
+    pub signed_gauge: SignedGauge,
+    /// Series idle for this long are dropped; `"0s"` keeps them forever.
+    pub ttl: Duration,
+    /// At most this many series; lines that would create more are dropped and counted.
+    pub max_series: Spanned<usize>,
+    /// Read DogStatsD `|#k:v` tags.
+    pub parse_dogstatsd_tags: bool,
+    /// Read InfluxDB `name,k=v:1|c` tags.
+    pub parse_influxdb_tags: bool,
+    /// Read Librato `name#k=v:1|c` tags.
+    pub parse_librato_tags: bool,
+    /// Read SignalFx `name[k=v]:1|c` tags.
+    pub parse_signalfx_tags: bool,
+    /// Family of DogStatsD events (a counter by `alert_type` and tags).
+    pub event_metric: Spanned<String>,
+    /// Family of DogStatsD service checks (a gauge of the status by `check` and tags).
+    pub service_check_metric: Spanned<String>,
+    /// On SIGTERM, how long `/metrics` keeps serving after the listeners stop, so a last
+    /// scrape collects what was received.
+    pub shutdown_grace: Duration,
+    /// Log level: `debug`, `info`, `warn` or `error`. `RUST_LOG` overrides it.
+    pub log_level: Spanned<String>,
+    /// Log format: `"text"` or `"json"`.
+    pub log_format: LogFormat,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        let s = |v: &str| Spanned::new(0..0, v.to_owned());
+        Self {
+            listen_udp: Spanned::new(0..0, vec!["0.0.0.0:8125".to_owned()]),
+            web_listen: s("0.0.0.0:9102"),
+            telemetry_path: s("/metrics"),
+            read_buffer: ByteSize(8 << 20),
+            observer_type: ObserverType::Histogram,
+            histogram_buckets: Spanned::new(0..0, DEFAULT_BUCKETS.to_vec()),
+            summary_quantiles: Spanned::new(0..0, vec![0.5, 0.9, 0.99]),
+            summary_max_age: Duration(std::time::Duration::from_secs(600)),
+            summary_age_buckets: Spanned::new(0..0, 5),
+            summary_buf_cap: Spanned::new(0..0, 500),
+            set_window: Spanned::new(0..0, Duration(std::time::Duration::from_secs(60))),
+            set_max_members: 100_000,
+            signed_gauge: SignedGauge::Delta,
+            ttl: Duration(std::time::Duration::ZERO),
+            max_series: Spanned::new(0..0, 1_000_000),
+            parse_dogstatsd_tags: true,
+            parse_influxdb_tags: true,
+            parse_librato_tags: true,
+            parse_signalfx_tags: true,
+            event_metric: s("statsd_events_total"),
+            service_check_metric: s("statsd_service_check_status"),
+            shutdown_grace: Duration(std::time::Duration::from_secs(5)),
+            log_level: s("info"),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The config after validation, ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The settings as written (and overridden by flags).
+    pub bridge: BridgeConfig,
+    /// UDP addresses, parsed.
+    pub udp: Vec<SocketAddr>,
+    /// HTTP address, parsed.
+    pub web: SocketAddr,
+}
+
+impl Config {
+    /// Parses and validates `pipeline.toml` text.
+    pub fn from_toml(src: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: PipelineFile = common::config::from_toml(src, path)?;
+        if *file.version.get_ref() != 1 {
+            return Err(ConfigError::at(
+                path,
+                src,
+                file.version.span(),
+                Some("version"),
+                format!("unsupported version {} (this build reads version 1)", file.version.get_ref()),
+            ));
+        }
+        Self::validate(file.bridge, src, path)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::whole_file(path, format!("cannot read file: {e}")))?;
+        Self::from_toml(&src, path)
+    }
+
+    /// Validates settings that came from anywhere (file, defaults, flags); `src` and `path`
+    /// place errors (an empty `src` gives file-level errors).
+    pub fn validate(bridge: BridgeConfig, src: &str, path: &Path) -> Result<Self, ConfigError> {
+        let err = |span: std::ops::Range<usize>, field: &str, msg: String| {
+            if src.is_empty() || span.is_empty() {
+                ConfigError {
+                    path: path.to_path_buf(),
+                    position: None,
+                    field: Some(field.to_owned()),
+                    message: msg,
+                }
+            } else {
+                ConfigError::at(path, src, span, Some(field), msg)
+            }
+        };
+        let udp = bridge
+            .listen_udp
+            .get_ref()
+            .iter()
+            .map(|a| parse_addr(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(bridge.listen_udp.span(), "bridge.listen_udp", e))?;
+        let web = parse_addr(bridge.web_listen.get_ref())
+            .map_err(|e| err(bridge.web_listen.span(), "bridge.web_listen", e))?;
+        if !bridge.telemetry_path.get_ref().starts_with('/') {
+            return Err(err(
+                bridge.telemetry_path.span(),
+                "bridge.telemetry_path",
+                "must start with `/`".to_owned(),
+            ));
+        }
+        let buckets = bridge.histogram_buckets.get_ref();
+        if buckets.is_empty()
+            || buckets.iter().any(|b| !b.is_finite())
+            || buckets.windows(2).any(|w| matches!(w, [a, b] if a >= b))
+        {
+            return Err(err(
+                bridge.histogram_buckets.span(),
+                "bridge.histogram_buckets",
+                "must be finite, strictly increasing and not empty".to_owned(),
+            ));
+        }
+        if bridge.summary_quantiles.get_ref().iter().any(|q| !(*q > 0.0 && *q < 1.0)) {
+            return Err(err(
+                bridge.summary_quantiles.span(),
+                "bridge.summary_quantiles",
+                "each quantile must be in (0, 1)".to_owned(),
+            ));
+        }
+        for (value, span, field) in [
+            (*bridge.summary_age_buckets.get_ref() as usize, bridge.summary_age_buckets.span(), "bridge.summary_age_buckets"),
+            (*bridge.summary_buf_cap.get_ref(), bridge.summary_buf_cap.span(), "bridge.summary_buf_cap"),
+            (*bridge.max_series.get_ref(), bridge.max_series.span(), "bridge.max_series"),
+        ] {
+            if value == 0 {
+                return Err(err(span, field, "must be at least 1".to_owned()));
+            }
+        }
+        if bridge.set_window.get_ref().0.is_zero() {
+            return Err(err(bridge.set_window.span(), "bridge.set_window", "must be above 0s".to_owned()));
+        }
+        for (name, field) in [
+            (&bridge.event_metric, "bridge.event_metric"),
+            (&bridge.service_check_metric, "bridge.service_check_metric"),
+        ] {
+            if !common::prom::is_valid_name(name.get_ref()) {
+                return Err(err(
+                    name.span(),
+                    field,
+                    format!("`{}` is not a valid Prometheus metric name", name.get_ref()),
+                ));
+            }
+        }
+        common::telemetry::directives_for_level(bridge.log_level.get_ref(), &[])
+            .map_err(|e| err(bridge.log_level.span(), "bridge.log_level", e))?;
+        Ok(Self { bridge, udp, web })
+    }
+
+    /// Store settings.
+    pub fn store(&self) -> StoreConfig {
+        let b = &self.bridge;
+        StoreConfig {
+            observer: b.observer_type,
+            buckets: Arc::from(b.histogram_buckets.get_ref().as_slice()),
+            summary: Arc::new(SummaryOptions {
+                quantiles: b.summary_quantiles.get_ref().clone(),
+                max_age: b.summary_max_age.0,
+                age_buckets: *b.summary_age_buckets.get_ref(),
+                buf_cap: *b.summary_buf_cap.get_ref(),
+            }),
+            set_window: b.set_window.get_ref().0,
+            set_max_members: b.set_max_members,
+            signed_gauge: b.signed_gauge,
+            max_series: *b.max_series.get_ref(),
+            ttl: b.ttl.0,
+            event_family: b.event_metric.get_ref().clone(),
+            service_check_family: b.service_check_metric.get_ref().clone(),
+        }
+    }
+
+    /// Parser settings.
+    pub fn parse_options(&self) -> ParseOptions {
+        let b = &self.bridge;
+        ParseOptions {
+            dogstatsd_tags: b.parse_dogstatsd_tags,
+            influxdb_tags: b.parse_influxdb_tags,
+            librato_tags: b.parse_librato_tags,
+            signalfx_tags: b.parse_signalfx_tags,
+        }
+    }
+}
+
+/// Parses `host:port`, `[v6]:port` or statsd_exporter's `:port` (all interfaces).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+    full.parse().map_err(|_| format!("`{s}` is not an address like 0.0.0.0:8125 or :8125"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(src: &str) -> Result<Config, String> {
+        Config::from_toml(src, Path::new("pipeline.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn shipped_pipeline_toml_is_valid_and_matches_the_defaults() {
+        let src = include_str!("../../pipeline.toml");
+        let cfg = load(src).unwrap();
+        let defaults = Config::validate(BridgeConfig::default(), "", Path::new("")).unwrap();
+        assert_eq!(cfg.udp, defaults.udp);
+        assert_eq!(cfg.web, defaults.web);
+        assert_eq!(cfg.store().buckets, defaults.store().buckets);
+        assert_eq!(cfg.bridge.max_series.get_ref(), defaults.bridge.max_series.get_ref());
+    }
+
+    #[test]
+    fn config_cases() {
+        let cases: &[(&str, &str, Result<(), &str>)] = &[
+            ("minimal", "version = 1\n", Ok(())),
+            ("empty bridge table", "version = 1\n[bridge]\n", Ok(())),
+            ("adapter table ignored", "version = 1\n[adapter]\nlisten = \"x\"\n", Ok(())),
+            ("statsd_exporter address", "version = 1\n[bridge]\nweb_listen = \":9102\"\n", Ok(())),
+            ("no listeners", "version = 1\n[bridge]\nlisten_udp = []\n", Ok(())),
+            (
+                "unknown key",
+                "version = 1\n[bridge]\nlisten_udpp = []\n",
+                Err("pipeline.toml:3:1: field `bridge.listen_udpp`: unknown field `listen_udpp`"),
+            ),
+            ("unknown table", "version = 1\n[bridgee]\n", Err("pipeline.toml:2:")),
+            ("missing version", "[bridge]\n", Err("missing field `version`")),
+            ("wrong version", "version = 2\n", Err("pipeline.toml:1:11: field `version`: unsupported version 2")),
+            (
+                "bad address",
+                "version = 1\n[bridge]\nlisten_udp = [\"nowhere\"]\n",
+                Err("pipeline.toml:3:14: field `bridge.listen_udp`: `nowhere` is not an address"),
+            ),
+            (
+                "bad duration",
+                "version = 1\n[bridge]\nttl = \"5 parsecs\"\n",
+                Err("pipeline.toml:3:7: field `bridge.ttl`: unknown unit"),
+            ),
+            (
+                "unsorted buckets",
+                "version = 1\n[bridge]\nhistogram_buckets = [1, 0.5]\n",
+                Err("pipeline.toml:3:21: field `bridge.histogram_buckets`: must be finite, strictly increasing"),
+            ),
+            (
+                "bad quantile",
+                "version = 1\n[bridge]\nsummary_quantiles = [0.5, 1.0]\n",
+                Err("field `bridge.summary_quantiles`: each quantile must be in (0, 1)"),
+            ),
+            (
+                "bad observer",
+                "version = 1\n[bridge]\nobserver_type = \"timer\"\n",
+                Err("pipeline.toml:3:17: field `bridge.observer_type`: unknown variant `timer`"),
+            ),
+            ("zero series", "version = 1\n[bridge]\nmax_series = 0\n", Err("field `bridge.max_series`: must be at least 1")),
+            (
+                "bad family name",
+                "version = 1\n[bridge]\nevent_metric = \"my events\"\n",
+                Err("field `bridge.event_metric`: `my events` is not a valid Prometheus metric name"),
+            ),
+            ("bad log level", "version = 1\n[bridge]\nlog_level = \"loud\"\n", Err("field `bridge.log_level`: unknown log level")),
+            ("bad path", "version = 1\n[bridge]\ntelemetry_path = \"metrics\"\n", Err("must start with `/`")),
+        ];
+        for (name, src, want) in cases {
+            let got = load(src);
+            match (want, &got) {
+                (Ok(()), Ok(_)) => {}
+                (Err(sub), Err(e)) if e.contains(sub) => {}
+                _ => panic!("{name}: want {want:?}, got {:?}", got.map(|_| ())),
+            }
+        }
+    }
+}
