@@ -39,7 +39,12 @@ impl fmt::Display for ConfigError {
 impl ConfigError {
     /// An error about the file as a whole (it can't be read, a rule spans several fields).
     pub fn whole_file(path: &Path, message: impl Into<String>) -> Self {
-        Self { path: path.to_path_buf(), position: None, field: None, message: message.into() }
+        Self {
+            path: path.to_path_buf(),
+            position: None,
+            field: None,
+            message: message.into(),
+        }
     }
 
     /// An error at a byte span of `src`; the field is derived from the span when not given.
@@ -50,7 +55,9 @@ impl ConfigError {
         field: Option<&str>,
         message: impl Into<String>,
     ) -> Self {
-        let field = field.map(str::to_owned).or_else(|| field_at(src, span.start));
+        let field = field
+            .map(str::to_owned)
+            .or_else(|| field_at(src, span.start));
         Self {
             path: path.to_path_buf(),
             position: Some(line_col(src, span.start)),
@@ -95,7 +102,10 @@ pub fn field_at(src: &str, offset: usize) -> Option<String> {
     let offset = offset.min(src.len());
     let before = src.get(..offset)?;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line_end = src.get(offset..).and_then(|s| s.find('\n')).map_or(src.len(), |i| offset + i);
+    let line_end = src
+        .get(offset..)
+        .and_then(|s| s.find('\n'))
+        .map_or(src.len(), |i| offset + i);
     let line = src.get(line_start..line_end)?.trim();
     let table = before
         .get(..line_start)?
@@ -103,12 +113,28 @@ pub fn field_at(src: &str, offset: usize) -> Option<String> {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_owned());
+        .map(|l| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        });
     if line.starts_with('[') {
-        let header = line.trim_start_matches('[').split(']').next().unwrap_or("").trim();
+        let header = line
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim();
         return (!header.is_empty()).then(|| header.to_owned());
     }
-    let key = line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && line.contains('='));
+    let key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && line.contains('='));
     match (table, key) {
         (Some(t), Some(k)) if !t.is_empty() => Some(format!("{t}.{}", k.trim_matches('"'))),
         (_, Some(k)) => Some(k.trim_matches('"').to_owned()),
@@ -140,19 +166,27 @@ mod tests {
     }
 
     fn err(src: &str) -> String {
-        from_toml::<Doc>(src, Path::new("pipeline.toml")).unwrap_err().to_string()
+        from_toml::<Doc>(src, Path::new("pipeline.toml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn unknown_key_names_file_line_and_field() {
         let e = err("version = 1\n[bridge]\nmax_series = 5\nmax_seriez = 6\n");
-        assert!(e.starts_with("pipeline.toml:4:1: field `bridge.max_seriez`: unknown field"), "{e}");
+        assert!(
+            e.starts_with("pipeline.toml:4:1: field `bridge.max_seriez`: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_field() {
         let e = err("version = 1\n[bridge]\nmax_series = \"many\"\n");
-        assert!(e.starts_with("pipeline.toml:3:14: field `bridge.max_series`: invalid type"), "{e}");
+        assert!(
+            e.starts_with("pipeline.toml:3:14: field `bridge.max_series`: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]

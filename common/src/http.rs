@@ -32,8 +32,12 @@ pub fn text(status: hyper::StatusCode, body: impl Into<Bytes>) -> Response<Body>
 
 /// Serves `handler` on `listener` until `stop` is cancelled, then waits up to `drain` for
 /// open connections to finish.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, stop: CancellationToken, drain: Duration)
-where
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    stop: CancellationToken,
+    drain: Duration,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -73,7 +77,13 @@ where
             }
         });
     }
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(drain_ms = drain.as_millis() as u64, "HTTP connections still open after the drain period; closing them.");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "HTTP connections still open after the drain period; closing them."
+        );
     }
 }

@@ -7,7 +7,12 @@
 //! - [`telemetry`]: `tracing` subscriber setup (text or JSON, `RUST_LOG`-style filter).
 //! - [`http`]: a small hyper 1.x server loop with graceful shutdown.
 //! - [`shutdown`]: one future that resolves on SIGTERM or SIGINT.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 pub mod config;
 pub mod http;

@@ -17,7 +17,13 @@ pub fn sanitize_name_into(raw: &str, out: &mut String) {
         out.push_str(raw);
         return;
     }
-    out.extend(raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }));
+    out.extend(raw.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
 }
 
 /// The sanitized form of `raw`, borrowed when nothing needed to change.

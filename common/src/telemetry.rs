@@ -22,7 +22,9 @@ impl FromStr for LogFormat {
         match s {
             "text" | "logfmt" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            other => Err(format!("unknown log format `{other}` (use text, logfmt or json)")),
+            other => Err(format!(
+                "unknown log format `{other}` (use text, logfmt or json)"
+            )),
         }
     }
 }
@@ -39,7 +41,9 @@ pub fn init(default_directives: &str, format: LogFormat) -> Result<(), String> {
         _ => EnvFilter::try_new(default_directives)
             .map_err(|e| format!("invalid log filter `{default_directives}`: {e}"))?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -54,8 +58,15 @@ pub fn directives_for_level(level: &str, crates: &[&str]) -> Result<String, Stri
         "trace" | "debug" | "info" | "warn" | "error" => level,
         "warning" => "warn",
         other => {
-            return Err(format!("unknown log level `{other}` (use debug, info, warn or error)"));
+            return Err(format!(
+                "unknown log level `{other}` (use debug, info, warn or error)"
+            ));
         }
     };
-    Ok(crates.iter().map(|c| format!("{c}={level}")).collect::<Vec<_>>().join(",") + ",warn")
+    Ok(crates
+        .iter()
+        .map(|c| format!("{c}={level}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        + ",warn")
 }

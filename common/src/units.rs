@@ -54,12 +54,17 @@ impl FromStr for Duration {
         let mut total_ms: u128 = 0;
         let mut rest = s;
         while !rest.is_empty() {
-            let digits = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+            let digits = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_digit() || *b == b'.')
+                .count();
             let (num, tail) = rest.split_at(digits);
             if num.is_empty() {
                 return Err(UnitError::MissingNumber(input.to_owned()));
             }
-            let num: f64 = num.parse().map_err(|_| UnitError::MissingNumber(input.to_owned()))?;
+            let num: f64 = num
+                .parse()
+                .map_err(|_| UnitError::MissingNumber(input.to_owned()))?;
             let unit_len = tail.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
             let (unit, tail) = tail.split_at(unit_len);
             let ms_per_unit: f64 = match unit {
@@ -93,11 +98,11 @@ impl fmt::Display for Duration {
         let ms = self.0.as_millis();
         if ms == 0 {
             f.write_str("0s")
-        } else if ms % 3_600_000 == 0 {
+        } else if ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 {
+        } else if ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -113,12 +118,17 @@ impl FromStr for ByteSize {
         if s.is_empty() {
             return Err(UnitError::Empty);
         }
-        let digits = s.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+        let digits = s
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
         let (num, unit) = s.split_at(digits);
         if num.is_empty() {
             return Err(UnitError::MissingNumber(input.to_owned()));
         }
-        let num: f64 = num.parse().map_err(|_| UnitError::MissingNumber(input.to_owned()))?;
+        let num: f64 = num
+            .parse()
+            .map_err(|_| UnitError::MissingNumber(input.to_owned()))?;
         let mult: f64 = match unit.trim() {
             "" | "B" => 1.0,
             "KB" | "kB" => 1e3,
@@ -147,7 +157,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
         for (size, unit) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -212,13 +222,24 @@ mod tests {
         for bad in ["", "s", "5x", "5", "1e400s", "-1s"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad} should fail");
         }
-        assert_eq!(Duration(std::time::Duration::from_secs(90)).to_string(), "90s");
-        assert_eq!(Duration(std::time::Duration::from_secs(300)).to_string(), "5m");
+        assert_eq!(
+            Duration(std::time::Duration::from_secs(90)).to_string(),
+            "90s"
+        );
+        assert_eq!(
+            Duration(std::time::Duration::from_secs(300)).to_string(),
+            "5m"
+        );
     }
 
     #[test]
     fn sizes() {
-        let cases = [("65536", 65536), ("64KiB", 65536), ("8MiB", 8 << 20), ("1GB", 1_000_000_000)];
+        let cases = [
+            ("65536", 65536),
+            ("64KiB", 65536),
+            ("8MiB", 8 << 20),
+            ("1GB", 1_000_000_000),
+        ];
         for (input, bytes) in cases {
             assert_eq!(input.parse::<ByteSize>().unwrap().0, bytes, "{input}");
         }
@@ -238,7 +259,9 @@ mod tests {
         let t: T = toml::from_str("a = 30\nb = \"1KiB\"").unwrap();
         assert_eq!(t.a.0.as_secs(), 30);
         assert_eq!(t.b.0, 1024);
-        let e = toml::from_str::<T>("a = \"5 parsecs\"\nb = 1").err().unwrap();
+        let e = toml::from_str::<T>("a = \"5 parsecs\"\nb = 1")
+            .err()
+            .unwrap();
         assert!(e.message().contains("unknown unit"), "{}", e.message());
     }
 }

@@ -91,7 +91,8 @@ impl Cli {
             b.telemetry_path = Spanned::new(0..0, p.clone());
         }
         if let Some(l) = &self.log_level {
-            common::telemetry::directives_for_level(l, &[]).map_err(|e| flag_err("log.level", e))?;
+            common::telemetry::directives_for_level(l, &[])
+                .map_err(|e| flag_err("log.level", e))?;
             b.log_level = Spanned::new(0..0, l.clone());
         }
         if let Some(f) = self.log_format {
@@ -143,7 +144,11 @@ mod tests {
         cli.apply(&mut b).unwrap();
         assert!(b.listen_udp.get_ref().is_empty());
         let cli = Cli::try_parse_from(["statsd-bridge", "--web.listen-address", "nope"]).unwrap();
-        assert!(cli.apply(&mut b).unwrap_err().starts_with("flag --web.listen-address:"));
+        assert!(
+            cli.apply(&mut b)
+                .unwrap_err()
+                .starts_with("flag --web.listen-address:")
+        );
     }
 
     #[test]

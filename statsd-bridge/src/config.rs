@@ -137,7 +137,10 @@ impl Config {
                 src,
                 file.version.span(),
                 Some("version"),
-                format!("unsupported version {} (this build reads version 1)", file.version.get_ref()),
+                format!(
+                    "unsupported version {} (this build reads version 1)",
+                    file.version.get_ref()
+                ),
             ));
         }
         Self::validate(file.bridge, src, path)
@@ -192,7 +195,12 @@ impl Config {
                 "must be finite, strictly increasing and not empty".to_owned(),
             ));
         }
-        if bridge.summary_quantiles.get_ref().iter().any(|q| !(*q > 0.0 && *q < 1.0)) {
+        if bridge
+            .summary_quantiles
+            .get_ref()
+            .iter()
+            .any(|q| !(*q > 0.0 && *q < 1.0))
+        {
             return Err(err(
                 bridge.summary_quantiles.span(),
                 "bridge.summary_quantiles",
@@ -200,16 +208,32 @@ impl Config {
             ));
         }
         for (value, span, field) in [
-            (*bridge.summary_age_buckets.get_ref() as usize, bridge.summary_age_buckets.span(), "bridge.summary_age_buckets"),
-            (*bridge.summary_buf_cap.get_ref(), bridge.summary_buf_cap.span(), "bridge.summary_buf_cap"),
-            (*bridge.max_series.get_ref(), bridge.max_series.span(), "bridge.max_series"),
+            (
+                *bridge.summary_age_buckets.get_ref() as usize,
+                bridge.summary_age_buckets.span(),
+                "bridge.summary_age_buckets",
+            ),
+            (
+                *bridge.summary_buf_cap.get_ref(),
+                bridge.summary_buf_cap.span(),
+                "bridge.summary_buf_cap",
+            ),
+            (
+                *bridge.max_series.get_ref(),
+                bridge.max_series.span(),
+                "bridge.max_series",
+            ),
         ] {
             if value == 0 {
                 return Err(err(span, field, "must be at least 1".to_owned()));
             }
         }
         if bridge.set_window.get_ref().0.is_zero() {
-            return Err(err(bridge.set_window.span(), "bridge.set_window", "must be above 0s".to_owned()));
+            return Err(err(
+                bridge.set_window.span(),
+                "bridge.set_window",
+                "must be above 0s".to_owned(),
+            ));
         }
         for (name, field) in [
             (&bridge.event_metric, "bridge.event_metric"),
@@ -264,8 +288,13 @@ impl Config {
 
 /// Parses `host:port`, `[v6]:port` or statsd_exporter's `:port` (all interfaces).
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
-    full.parse().map_err(|_| format!("`{s}` is not an address like 0.0.0.0:8125 or :8125"))
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not an address like 0.0.0.0:8125 or :8125"))
 }
 
 #[cfg(test)]
@@ -284,7 +313,10 @@ mod tests {
         assert_eq!(cfg.udp, defaults.udp);
         assert_eq!(cfg.web, defaults.web);
         assert_eq!(cfg.store().buckets, defaults.store().buckets);
-        assert_eq!(cfg.bridge.max_series.get_ref(), defaults.bridge.max_series.get_ref());
+        assert_eq!(
+            cfg.bridge.max_series.get_ref(),
+            defaults.bridge.max_series.get_ref()
+        );
     }
 
     #[test]
@@ -292,17 +324,41 @@ mod tests {
         let cases: &[(&str, &str, Result<(), &str>)] = &[
             ("minimal", "version = 1\n", Ok(())),
             ("empty bridge table", "version = 1\n[bridge]\n", Ok(())),
-            ("adapter table ignored", "version = 1\n[adapter]\nlisten = \"x\"\n", Ok(())),
-            ("statsd_exporter address", "version = 1\n[bridge]\nweb_listen = \":9102\"\n", Ok(())),
-            ("no listeners", "version = 1\n[bridge]\nlisten_udp = []\n", Ok(())),
+            (
+                "adapter table ignored",
+                "version = 1\n[adapter]\nlisten = \"x\"\n",
+                Ok(()),
+            ),
+            (
+                "statsd_exporter address",
+                "version = 1\n[bridge]\nweb_listen = \":9102\"\n",
+                Ok(()),
+            ),
+            (
+                "no listeners",
+                "version = 1\n[bridge]\nlisten_udp = []\n",
+                Ok(()),
+            ),
             (
                 "unknown key",
                 "version = 1\n[bridge]\nlisten_udpp = []\n",
                 Err("pipeline.toml:3:1: field `bridge.listen_udpp`: unknown field `listen_udpp`"),
             ),
-            ("unknown table", "version = 1\n[bridgee]\n", Err("pipeline.toml:2:")),
-            ("missing version", "[bridge]\n", Err("missing field `version`")),
-            ("wrong version", "version = 2\n", Err("pipeline.toml:1:11: field `version`: unsupported version 2")),
+            (
+                "unknown table",
+                "version = 1\n[bridgee]\n",
+                Err("pipeline.toml:2:"),
+            ),
+            (
+                "missing version",
+                "[bridge]\n",
+                Err("missing field `version`"),
+            ),
+            (
+                "wrong version",
+                "version = 2\n",
+                Err("pipeline.toml:1:11: field `version`: unsupported version 2"),
+            ),
             (
                 "bad address",
                 "version = 1\n[bridge]\nlisten_udp = [\"nowhere\"]\n",
@@ -316,7 +372,9 @@ mod tests {
             (
                 "unsorted buckets",
                 "version = 1\n[bridge]\nhistogram_buckets = [1, 0.5]\n",
-                Err("pipeline.toml:3:21: field `bridge.histogram_buckets`: must be finite, strictly increasing"),
+                Err(
+                    "pipeline.toml:3:21: field `bridge.histogram_buckets`: must be finite, strictly increasing",
+                ),
             ),
             (
                 "bad quantile",
@@ -328,14 +386,28 @@ mod tests {
                 "version = 1\n[bridge]\nobserver_type = \"timer\"\n",
                 Err("pipeline.toml:3:17: field `bridge.observer_type`: unknown variant `timer`"),
             ),
-            ("zero series", "version = 1\n[bridge]\nmax_series = 0\n", Err("field `bridge.max_series`: must be at least 1")),
+            (
+                "zero series",
+                "version = 1\n[bridge]\nmax_series = 0\n",
+                Err("field `bridge.max_series`: must be at least 1"),
+            ),
             (
                 "bad family name",
                 "version = 1\n[bridge]\nevent_metric = \"my events\"\n",
-                Err("field `bridge.event_metric`: `my events` is not a valid Prometheus metric name"),
+                Err(
+                    "field `bridge.event_metric`: `my events` is not a valid Prometheus metric name",
+                ),
             ),
-            ("bad log level", "version = 1\n[bridge]\nlog_level = \"loud\"\n", Err("field `bridge.log_level`: unknown log level")),
-            ("bad path", "version = 1\n[bridge]\ntelemetry_path = \"metrics\"\n", Err("must start with `/`")),
+            (
+                "bad log level",
+                "version = 1\n[bridge]\nlog_level = \"loud\"\n",
+                Err("field `bridge.log_level`: unknown log level"),
+            ),
+            (
+                "bad path",
+                "version = 1\n[bridge]\ntelemetry_path = \"metrics\"\n",
+                Err("must start with `/`"),
+            ),
         ];
         for (name, src, want) in cases {
             let got = load(src);

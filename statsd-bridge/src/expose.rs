@@ -45,7 +45,12 @@ pub fn encode_text(snapshot: &Snapshot, out: &mut String) {
 fn encode_series(series: &SeriesSnapshot, name: &str, out: &mut String) {
     match &series.value {
         Value::Counter(v) | Value::Gauge(v) => sample(out, name, "", series, None, *v),
-        Value::Histogram { bounds, cumulative, sum, count } => {
+        Value::Histogram {
+            bounds,
+            cumulative,
+            sum,
+            count,
+        } => {
             let mut le = String::new();
             for (i, c) in cumulative.iter().enumerate() {
                 le.clear();
@@ -58,7 +63,11 @@ fn encode_series(series: &SeriesSnapshot, name: &str, out: &mut String) {
             sample(out, name, "_sum", series, None, *sum);
             sample(out, name, "_count", series, None, *count);
         }
-        Value::Summary { quantiles, sum, count } => {
+        Value::Summary {
+            quantiles,
+            sum,
+            count,
+        } => {
             let mut q = String::new();
             for (quantile, v) in quantiles {
                 q.clear();

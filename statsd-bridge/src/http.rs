@@ -31,7 +31,8 @@ pub fn render_metrics(ingester: &Ingester) -> String {
     let snapshot = ingester.store.snapshot(started);
     let mut out = String::with_capacity(snapshot.series.len() * 64 + 8192);
     encode_text(&snapshot, &mut out);
-    t.series.set(i64::try_from(ingester.store.len()).unwrap_or(i64::MAX));
+    t.series
+        .set(i64::try_from(ingester.store.len()).unwrap_or(i64::MAX));
     t.scrape_duration.observe(started.elapsed().as_secs_f64());
     t.encode(&mut out);
     out
@@ -40,7 +41,10 @@ pub fn render_metrics(ingester: &Ingester) -> String {
 /// Routes one request.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served\n",
+        );
     }
     match req.uri().path() {
         p if p == state.telemetry_path => {
@@ -48,7 +52,8 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
             match tokio::task::spawn_blocking(move || render_metrics(&ingester)).await {
                 Ok(page) => {
                     let mut resp = text(StatusCode::OK, Bytes::from(page));
-                    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
                     resp
                 }
                 Err(e) => {
@@ -73,7 +78,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
                 state.telemetry_path
             );
             let mut resp = text(StatusCode::OK, page);
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             resp
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -42,9 +42,11 @@ pub fn ingest_line(
     match protocol::parse_line(line, opts) {
         Err(e) => LineResult::Rejected(e),
         Ok(Line::Metric(s)) => match store.ingest_sample(&s, scratch, now) {
-            Ok(outcome) => {
-                LineResult::Accepted { outcome, kind: Some(s.kind), rate_invalid: s.rate_invalid }
-            }
+            Ok(outcome) => LineResult::Accepted {
+                outcome,
+                kind: Some(s.kind),
+                rate_invalid: s.rate_invalid,
+            },
             Err(r) => LineResult::Dropped(r),
         },
         Ok(Line::Event(e)) => match store.ingest_event(&e, scratch, now) {
@@ -73,7 +75,12 @@ pub struct Ingester {
 impl Ingester {
     /// Builds an ingester.
     pub fn new(store: Arc<Store>, opts: ParseOptions, telemetry: Arc<Telemetry>) -> Self {
-        Self { store, opts, telemetry, log_limit: RateLimit::new(1_000) }
+        Self {
+            store,
+            opts,
+            telemetry,
+            log_limit: RateLimit::new(1_000),
+        }
     }
 
     /// Applies every line of a datagram (or a TCP chunk of whole lines).
@@ -92,7 +99,11 @@ impl Ingester {
         let t = &self.telemetry;
         t.transport(transport).lines.inc();
         let outcome = match ingest_line(&self.store, line, &self.opts, scratch, now) {
-            LineResult::Accepted { outcome, kind, rate_invalid } => {
+            LineResult::Accepted {
+                outcome,
+                kind,
+                rate_invalid,
+            } => {
                 if let Some(kind) = kind {
                     t.samples(kind, outcome.samples);
                 }
@@ -175,7 +186,12 @@ impl RateLimit {
         if now >= next
             && self
                 .next_ms
-                .compare_exchange(next, now + self.period_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + self.period_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             log(self.suppressed.swap(0, Ordering::Relaxed));

@@ -73,20 +73,34 @@ impl Listeners {
             .udp
             .iter()
             .map(|&addr| {
-                listen::udp::bind(addr, read_buffer)
-                    .map_err(|source| RunError::Bind { what: "UDP", addr, source })
+                listen::udp::bind(addr, read_buffer).map_err(|source| RunError::Bind {
+                    what: "UDP",
+                    addr,
+                    source,
+                })
             })
             .collect::<Result<_, _>>()?;
-        let web = std::net::TcpListener::bind(cfg.web)
-            .map_err(|source| RunError::Bind { what: "HTTP", addr: cfg.web, source })?;
+        let web = std::net::TcpListener::bind(cfg.web).map_err(|source| RunError::Bind {
+            what: "HTTP",
+            addr: cfg.web,
+            source,
+        })?;
         Ok(Self { udp, web })
     }
 
     /// The bound addresses as JSON, for `--ready-file`.
     pub fn describe(&self) -> serde_json::Value {
-        let udp: Vec<String> =
-            self.udp.iter().filter_map(|s| s.local_addr().ok()).map(|a| a.to_string()).collect();
-        let web = self.web.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let udp: Vec<String> = self
+            .udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        let web = self
+            .web
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         serde_json::json!({ "udp": udp, "web": web })
     }
 }
@@ -101,7 +115,11 @@ pub async fn run(
     let telemetry = Arc::new(Telemetry::new().map_err(RunError::Telemetry)?);
     let reserved = telemetry.reserved_names();
     let store = Arc::new(Store::new(cfg.store(), reserved.iter().map(String::as_str)));
-    let ingester = Arc::new(Ingester::new(Arc::clone(&store), cfg.parse_options(), Arc::clone(&telemetry)));
+    let ingester = Arc::new(Ingester::new(
+        Arc::clone(&store),
+        cfg.parse_options(),
+        Arc::clone(&telemetry),
+    ));
 
     let stop_listeners = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -117,9 +135,20 @@ pub async fn run(
         telemetry_path: cfg.bridge.telemetry_path.get_ref().clone(),
     });
     let web_addr = cfg.web;
-    listeners.web.set_nonblocking(true).map_err(|source| RunError::Bind { what: "HTTP", addr: web_addr, source })?;
-    let web = tokio::net::TcpListener::from_std(listeners.web)
-        .map_err(|source| RunError::Bind { what: "HTTP", addr: web_addr, source })?;
+    listeners
+        .web
+        .set_nonblocking(true)
+        .map_err(|source| RunError::Bind {
+            what: "HTTP",
+            addr: web_addr,
+            source,
+        })?;
+    let web =
+        tokio::net::TcpListener::from_std(listeners.web).map_err(|source| RunError::Bind {
+            what: "HTTP",
+            addr: web_addr,
+            source,
+        })?;
     let http_stop = CancellationToken::new();
     let handler_state = Arc::clone(&state);
     let http_task = tokio::spawn(common::http::serve(
@@ -162,7 +191,11 @@ pub async fn run(
         s.abort();
     }
     let grace = cfg.bridge.shutdown_grace.0;
-    tracing::info!(grace_ms = grace.as_millis() as u64, series = store.len(), "Listeners drained; serving the last scrapes.");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        series = store.len(),
+        "Listeners drained; serving the last scrapes."
+    );
     tokio::time::sleep(grace).await;
     http_stop.cancel();
     if http_task.await.is_err() {

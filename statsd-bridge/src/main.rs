@@ -17,7 +17,11 @@ fn load(cli: &Cli, file: Option<&Path>) -> Result<Config, String> {
             let src = std::fs::read_to_string(path).unwrap_or_default();
             (cfg.bridge, src, path.to_path_buf())
         }
-        None => (BridgeConfig::default(), String::new(), PathBuf::from("<defaults>")),
+        None => (
+            BridgeConfig::default(),
+            String::new(),
+            PathBuf::from("<defaults>"),
+        ),
     };
     cli.apply(&mut bridge)?;
     Config::validate(bridge, &src, &path).map_err(|e| e.to_string())
@@ -32,7 +36,10 @@ fn write_ready_file(path: &Path, body: &serde_json::Value) -> std::io::Result<()
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CheckConfig { file }) = &cli.command {
-        let file = file.clone().or_else(|| cli.config.clone()).unwrap_or_else(|| "pipeline.toml".into());
+        let file = file
+            .clone()
+            .or_else(|| cli.config.clone())
+            .unwrap_or_else(|| "pipeline.toml".into());
         return match load(&cli, Some(&file)) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -56,13 +63,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let directives = common::telemetry::directives_for_level(cfg.bridge.log_level.get_ref(), &["statsd_bridge", "common"]);
+    let directives = common::telemetry::directives_for_level(
+        cfg.bridge.log_level.get_ref(),
+        &["statsd_bridge", "common"],
+    );
     if let Err(e) = directives.and_then(|d| common::telemetry::init(&d, cfg.bridge.log_format)) {
         eprintln!("statsd-bridge: {e}");
         return ExitCode::from(EX_USAGE);
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, "Starting statsd-bridge.");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "Cannot start the async runtime.");

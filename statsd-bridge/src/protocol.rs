@@ -40,7 +40,12 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        Self { dogstatsd_tags: true, influxdb_tags: true, librato_tags: true, signalfx_tags: true }
+        Self {
+            dogstatsd_tags: true,
+            influxdb_tags: true,
+            librato_tags: true,
+            signalfx_tags: true,
+        }
     }
 }
 
@@ -128,7 +133,9 @@ impl<'a> Sample<'a> {
     pub fn values(&self) -> impl Iterator<Item = Value> + 'a {
         let rest = self.rest;
         std::iter::once(self.first).chain(
-            rest.split(':').filter(|s| !s.is_empty()).filter_map(|s| parse_value(s).ok()),
+            rest.split(':')
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| parse_value(s).ok()),
         )
     }
 
@@ -165,7 +172,11 @@ impl<'a> Tags<'a> {
 
     /// Every tag in order: name-side first, then DogStatsD. Later duplicates win downstream.
     pub fn iter(&self) -> impl Iterator<Item = Tag<'a>> + 'a {
-        let name_side = self.name_side.split(',').filter(|t| !t.is_empty()).map(|t| split_tag(t, '='));
+        let name_side = self
+            .name_side
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(|t| split_tag(t, '='));
         let dd = self
             .dogstatsd
             .split(',')
@@ -330,7 +341,11 @@ fn expect<'a, O>(
     mut parser: impl Parser<&'a str, Output = O, Error = LineError>,
     reason: ParseError,
 ) -> impl FnMut(&'a str) -> IResult<'a, O> {
-    move |input| parser.parse(input).map_err(|_| nom::Err::Failure(LineError(reason)))
+    move |input| {
+        parser
+            .parse(input)
+            .map_err(|_| nom::Err::Failure(LineError(reason)))
+    }
 }
 
 /// Splits a datagram into lines: `\n` separated, a trailing `\r` stripped, empty lines skipped.
@@ -371,12 +386,18 @@ fn metric<'a>(input: &'a str, opts: &ParseOptions) -> IResult<'a, Sample<'a>> {
         name,
         name_suffix,
         kind,
-        first: Value { value: 0.0, signed: false },
+        first: Value {
+            value: 0.0,
+            signed: false,
+        },
         rest: "",
         raw_value,
         rate: 1.0,
         rate_invalid: false,
-        tags: Tags { name_side, dogstatsd: "" },
+        tags: Tags {
+            name_side,
+            dogstatsd: "",
+        },
         container_id: None,
         timestamp: None,
     };
@@ -469,14 +490,18 @@ fn validate_values(raw: &str, kind: MetricType) -> Result<(Value, &str), nom::Er
         Ok(v)
     };
     // Empty values in a packed list (`1::2`) are skipped, as the Datadog Agent does.
-    let mut values = std::iter::once(first_text).chain(rest.split(':')).filter(|s| !s.is_empty());
+    let mut values = std::iter::once(first_text)
+        .chain(rest.split(':'))
+        .filter(|s| !s.is_empty());
     let first = check(values.next().ok_or(fail(ParseError::InvalidValue))?).map_err(fail)?;
     for v in values {
         check(v).map_err(fail)?;
     }
     // `rest` re-reads from after the first non-empty value.
     let rest = if first_text.is_empty() {
-        raw.trim_start_matches(':').split_once(':').map_or("", |(_, r)| r)
+        raw.trim_start_matches(':')
+            .split_once(':')
+            .map_or("", |(_, r)| r)
     } else {
         rest
     };
@@ -515,12 +540,19 @@ fn event<'a>(input: &'a str, opts: &ParseOptions) -> IResult<'a, Event<'a>> {
     let (input, (_, title_len, _, text_len, _)) =
         expect((tag("_e{"), decimal, tag(","), decimal, tag("}:")), bad).parse(input)?;
     let (title, input) = take_len(input, title_len).ok_or(nom::Err::Failure(LineError(bad)))?;
-    let input = input.strip_prefix('|').ok_or(nom::Err::Failure(LineError(bad)))?;
+    let input = input
+        .strip_prefix('|')
+        .ok_or(nom::Err::Failure(LineError(bad)))?;
     let (text, input) = take_len(input, text_len).ok_or(nom::Err::Failure(LineError(bad)))?;
     if !(input.is_empty() || input.starts_with('|')) || title.is_empty() {
         return Err(nom::Err::Failure(LineError(bad)));
     }
-    let mut ev = Event { title, text, alert_type: AlertType::Info, tags: Tags::default() };
+    let mut ev = Event {
+        title,
+        text,
+        alert_type: AlertType::Info,
+        tags: Tags::default(),
+    };
     for field in input.split('|').skip(1) {
         if let Some(t) = field.strip_prefix("t:") {
             ev.alert_type = match t {
@@ -547,7 +579,10 @@ fn take_len(input: &str, len: usize) -> Option<(&str, &str)> {
             return Some((a, b));
         }
     }
-    let byte_len = input.char_indices().nth(len).map_or(input.len(), |(i, _)| i);
+    let byte_len = input
+        .char_indices()
+        .nth(len)
+        .map_or(input.len(), |(i, _)| i);
     (input.chars().count() >= len).then(|| input.split_at(byte_len))
 }
 
@@ -558,16 +593,24 @@ fn service_check<'a>(input: &'a str, opts: &ParseOptions) -> IResult<'a, Service
             tag("_sc|"),
             take_while1(|c| c != '|'),
             tag("|"),
-            map(take_while1(|c: char| c.is_ascii_digit()), |s: &str| s.parse::<u8>().ok()),
+            map(take_while1(|c: char| c.is_ascii_digit()), |s: &str| {
+                s.parse::<u8>().ok()
+            }),
         ),
         bad,
     )
     .parse(input)?;
-    let status = status.filter(|s| *s <= 3).ok_or(nom::Err::Failure(LineError(bad)))?;
+    let status = status
+        .filter(|s| *s <= 3)
+        .ok_or(nom::Err::Failure(LineError(bad)))?;
     if !(input.is_empty() || input.starts_with('|')) {
         return Err(nom::Err::Failure(LineError(bad)));
     }
-    let mut sc = ServiceCheck { name, status, tags: Tags::default() };
+    let mut sc = ServiceCheck {
+        name,
+        status,
+        tags: Tags::default(),
+    };
     for field in input.split('|').skip(1) {
         if field.starts_with("m:") {
             break; // The message is last and may contain anything, `|` included.
@@ -602,7 +645,12 @@ mod tests {
                     let _ = write!(out, " values={}", vals.join(","));
                 }
                 if s.rate != 1.0 || s.rate_invalid {
-                    let _ = write!(out, " rate={}{}", s.rate, if s.rate_invalid { "!" } else { "" });
+                    let _ = write!(
+                        out,
+                        " rate={}{}",
+                        s.rate,
+                        if s.rate_invalid { "!" } else { "" }
+                    );
                 }
                 render_tags(&mut out, &s.tags);
                 if let Some(c) = s.container_id {
@@ -614,8 +662,12 @@ mod tests {
                 out
             }
             Ok(Line::Event(e)) => {
-                let mut out =
-                    format!("event title={:?} text={:?} {}", e.title, e.text, e.alert_type.as_str());
+                let mut out = format!(
+                    "event title={:?} text={:?} {}",
+                    e.title,
+                    e.text,
+                    e.alert_type.as_str()
+                );
                 render_tags(&mut out, &e.tags);
                 out
             }
@@ -645,8 +697,14 @@ mod tests {
         ("simple_counter:1|c", "simple_counter counter values=1"),
         ("simple_gauge:1|g", "simple_gauge gauge values=1"),
         ("simple_timer:200|ms", "simple_timer timer values=200"),
-        ("simple_histogram:200|h", "simple_histogram histogram values=200"),
-        ("simple_distribution:200|d", "simple_distribution distribution values=200"),
+        (
+            "simple_histogram:200|h",
+            "simple_histogram histogram values=200",
+        ),
+        (
+            "simple_distribution:200|d",
+            "simple_distribution distribution values=200",
+        ),
         ("simple_set:user-1|s", "simple_set set member=user-1"),
         ("set_with_colon:a:b|s", "set_with_colon set member=a:b"),
         // Gauge signs.
@@ -668,47 +726,125 @@ mod tests {
         ("big_value:1e400|g", "error invalid_value"),
         // Packed values (DogStatsD v1.1).
         ("packed_timer:1:2:3|ms", "packed_timer timer values=1,2,3"),
-        ("packed_counter:1:2:3|c", "packed_counter counter values=1,2,3"),
+        (
+            "packed_counter:1:2:3|c",
+            "packed_counter counter values=1,2,3",
+        ),
         ("packed_gauge:1:+2|g", "packed_gauge gauge values=1,±2"),
         ("packed_empty:1::2|h", "packed_empty histogram values=1,2"),
-        ("packed_leading_empty::1:2|h", "packed_leading_empty histogram values=1,2"),
+        (
+            "packed_leading_empty::1:2|h",
+            "packed_leading_empty histogram values=1,2",
+        ),
         ("packed_bad:1:x|h", "error invalid_value"),
         ("packed_negative_counter:1:-1|c", "error negative_counter"),
         // Sample rates.
         ("rate:1|c|@0.1", "rate counter values=1 rate=0.1"),
         ("rate_one:1|c|@1", "rate_one counter values=1"),
         ("rate_zero:1|c|@0", "rate_zero counter values=1 rate=1!"),
-        ("rate_above_one:1|c|@2", "rate_above_one counter values=1 rate=1!"),
-        ("rate_garbage:1|c|@bar", "rate_garbage counter values=1 rate=1!"),
-        ("rate_negative:1|ms|@-0.5", "rate_negative timer values=1 rate=1!"),
-        ("rate_timer:100|ms|@0.3", "rate_timer timer values=100 rate=0.3"),
+        (
+            "rate_above_one:1|c|@2",
+            "rate_above_one counter values=1 rate=1!",
+        ),
+        (
+            "rate_garbage:1|c|@bar",
+            "rate_garbage counter values=1 rate=1!",
+        ),
+        (
+            "rate_negative:1|ms|@-0.5",
+            "rate_negative timer values=1 rate=1!",
+        ),
+        (
+            "rate_timer:100|ms|@0.3",
+            "rate_timer timer values=100 rate=0.3",
+        ),
         // DogStatsD tags.
-        ("tags:1|c|#env:prod,region:eu", "tags counter values=1 env=prod region=eu"),
-        ("tags_rate:1|c|@0.5|#env:prod", "tags_rate counter values=1 rate=0.5 env=prod"),
-        ("tags_first:1|c|#env:prod|@0.5", "tags_first counter values=1 rate=0.5 env=prod"),
-        ("bare_tag:1|c|#flag,env:prod", "bare_tag counter values=1 (skipped) env=prod"),
-        ("empty_tag_value:1|c|#k:", "empty_tag_value counter values=1 (skipped)"),
-        ("empty_tag_key:1|c|#:v", "empty_tag_key counter values=1 (skipped)"),
+        (
+            "tags:1|c|#env:prod,region:eu",
+            "tags counter values=1 env=prod region=eu",
+        ),
+        (
+            "tags_rate:1|c|@0.5|#env:prod",
+            "tags_rate counter values=1 rate=0.5 env=prod",
+        ),
+        (
+            "tags_first:1|c|#env:prod|@0.5",
+            "tags_first counter values=1 rate=0.5 env=prod",
+        ),
+        (
+            "bare_tag:1|c|#flag,env:prod",
+            "bare_tag counter values=1 (skipped) env=prod",
+        ),
+        (
+            "empty_tag_value:1|c|#k:",
+            "empty_tag_value counter values=1 (skipped)",
+        ),
+        (
+            "empty_tag_key:1|c|#:v",
+            "empty_tag_key counter values=1 (skipped)",
+        ),
         ("empty_tags:1|c|#", "empty_tags counter values=1"),
-        ("double_comma:1|c|#a:1,,b:2", "double_comma counter values=1 a=1 b=2"),
-        ("colon_in_value:1|c|#url:http://x", "colon_in_value counter values=1 url=http://x"),
-        ("hash_per_tag:1|c|#a:1,#b:2", "hash_per_tag counter values=1 a=1 b=2"),
-        ("unicode_tag:1|c|#city:Zürich", "unicode_tag counter values=1 city=Zürich"),
+        (
+            "double_comma:1|c|#a:1,,b:2",
+            "double_comma counter values=1 a=1 b=2",
+        ),
+        (
+            "colon_in_value:1|c|#url:http://x",
+            "colon_in_value counter values=1 url=http://x",
+        ),
+        (
+            "hash_per_tag:1|c|#a:1,#b:2",
+            "hash_per_tag counter values=1 a=1 b=2",
+        ),
+        (
+            "unicode_tag:1|c|#city:Zürich",
+            "unicode_tag counter values=1 city=Zürich",
+        ),
         // Name-side tags.
-        ("influx,env=prod,region=eu:1|c", "influx counter values=1 env=prod region=eu"),
-        ("librato#env=prod,region=eu:1|c", "librato counter values=1 env=prod region=eu"),
-        ("signalfx[env=prod,region=eu]:1|c", "signalfx counter values=1 env=prod region=eu"),
-        ("signalfx.[env=prod]mid:1|c", "signalfx.mid counter values=1 env=prod"),
-        ("[env=prod]signalfx_first:1|c", "signalfx_first counter values=1 env=prod"),
-        ("influx_bare,flag:1|c", "influx_bare counter values=1 (skipped)"),
+        (
+            "influx,env=prod,region=eu:1|c",
+            "influx counter values=1 env=prod region=eu",
+        ),
+        (
+            "librato#env=prod,region=eu:1|c",
+            "librato counter values=1 env=prod region=eu",
+        ),
+        (
+            "signalfx[env=prod,region=eu]:1|c",
+            "signalfx counter values=1 env=prod region=eu",
+        ),
+        (
+            "signalfx.[env=prod]mid:1|c",
+            "signalfx.mid counter values=1 env=prod",
+        ),
+        (
+            "[env=prod]signalfx_first:1|c",
+            "signalfx_first counter values=1 env=prod",
+        ),
+        (
+            "influx_bare,flag:1|c",
+            "influx_bare counter values=1 (skipped)",
+        ),
         ("mixed,env=prod:1|c|#region:eu", "error mixed_tag_styles"),
         // Extra DogStatsD fields.
-        ("cid:1|c|#env:prod|c:abc123", "cid counter values=1 env=prod container=abc123"),
-        ("cid_v14:1|c|c:ci-abc", "cid_v14 counter values=1 container=ci-abc"),
+        (
+            "cid:1|c|#env:prod|c:abc123",
+            "cid counter values=1 env=prod container=abc123",
+        ),
+        (
+            "cid_v14:1|c|c:ci-abc",
+            "cid_v14 counter values=1 container=ci-abc",
+        ),
         ("empty_cid:1|c|c:", "empty_cid counter values=1"),
-        ("ts:1|c|#env:prod|T1700000000", "ts counter values=1 env=prod ts=1700000000"),
+        (
+            "ts:1|c|#env:prod|T1700000000",
+            "ts counter values=1 env=prod ts=1700000000",
+        ),
         ("ts_garbage:1|g|Tjunk", "ts_garbage gauge values=1"),
-        ("ext:1|c|#k:v|c:abc|T123|e:ext|card:low", "ext counter values=1 k=v container=abc ts=123"),
+        (
+            "ext:1|c|#k:v|c:abc|T123|e:ext|card:low",
+            "ext counter values=1 k=v container=abc ts=123",
+        ),
         ("unknown_field:1|c|x:1", "unknown_field counter values=1"),
         ("trailing_pipe:1|c|", "trailing_pipe counter values=1"),
         ("empty_field:1|c||#a:b", "empty_field counter values=1 a=b"),
@@ -722,21 +858,39 @@ mod tests {
         ("type_msx:1|msx", "error unknown_type"),
         ("cr_type:1|c\r", "error unknown_type"),
         // Events.
-        ("_e{5,4}:title|text", "event title=\"title\" text=\"text\" info"),
-        ("_e{5,4}:title|text|#env:prod", "event title=\"title\" text=\"text\" info env=prod"),
+        (
+            "_e{5,4}:title|text",
+            "event title=\"title\" text=\"text\" info",
+        ),
+        (
+            "_e{5,4}:title|text|#env:prod",
+            "event title=\"title\" text=\"text\" info env=prod",
+        ),
         (
             "_e{5,4}:title|text|d:123|h:host|k:key|p:low|s:src|t:error|#a:b",
             "event title=\"title\" text=\"text\" error a=b",
         ),
         ("_e{3,3}:a|b|c|d|e", "event title=\"a|b\" text=\"c|d\" info"),
-        ("_e{7,2}:Zürich|hi", "event title=\"Zürich\" text=\"hi\" info"),
-        ("_e{6,2}:Zürich|hi", "event title=\"Zürich\" text=\"hi\" info"),
+        (
+            "_e{7,2}:Zürich|hi",
+            "event title=\"Zürich\" text=\"hi\" info",
+        ),
+        (
+            "_e{6,2}:Zürich|hi",
+            "event title=\"Zürich\" text=\"hi\" info",
+        ),
         ("_e{5,4}:ti|text", "error malformed_event"),
         ("_e{x,4}:title|text", "error malformed_event"),
         ("_e{0,4}:|text", "error malformed_event"),
         // Service checks.
-        ("_sc|vsc.check|0|#env:prod", "service_check vsc.check status=0 env=prod"),
-        ("_sc|vsc.check|2|d:1|h:host|#a:b|m:bad | thing #x:y", "service_check vsc.check status=2 a=b"),
+        (
+            "_sc|vsc.check|0|#env:prod",
+            "service_check vsc.check status=0 env=prod",
+        ),
+        (
+            "_sc|vsc.check|2|d:1|h:host|#a:b|m:bad | thing #x:y",
+            "service_check vsc.check status=2 a=b",
+        ),
         ("_sc|vsc.check|4", "error malformed_service_check"),
         ("_sc|vsc.check|", "error malformed_service_check"),
         ("_sc||0", "error malformed_service_check"),
@@ -752,7 +906,12 @@ mod tests {
                 failures.push(format!("{input:?}\n   want: {want}\n    got: {got}"));
             }
         }
-        assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} cases failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 
     #[test]
@@ -760,7 +919,10 @@ mod tests {
         for reason in ParseError::ALL {
             let want = format!("error {}", reason.reason());
             let covered = CASES.iter().any(|(_, w)| *w == want);
-            assert!(covered || reason == ParseError::InvalidUtf8, "no case for {want}");
+            assert!(
+                covered || reason == ParseError::InvalidUtf8,
+                "no case for {want}"
+            );
         }
         assert_eq!(
             parse_line(b"a:1|c|#k:\xff", &ParseOptions::default()),
@@ -776,7 +938,9 @@ mod tests {
             librato_tags: false,
             signalfx_tags: false,
         };
-        let Ok(Line::Metric(s)) = parse_line(b"a,b=c:1|c|#k:v", &opts) else { panic!() };
+        let Ok(Line::Metric(s)) = parse_line(b"a,b=c:1|c|#k:v", &opts) else {
+            panic!()
+        };
         assert_eq!((s.name, s.tags.is_empty()), ("a,b=c", true));
     }
 
@@ -789,7 +953,13 @@ mod tests {
 
     #[test]
     fn multibyte_value_prefix_is_error_not_panic() {
-        for input in ["é:1|c", "a:é|c", "a:1|é", "_e{1,1}:é|x", "_e{99999999999999999999,1}:a|b"] {
+        for input in [
+            "é:1|c",
+            "a:é|c",
+            "a:1|é",
+            "_e{1,1}:é|x",
+            "_e{99999999999999999999,1}:a|b",
+        ] {
             let _ = parse_line(input.as_bytes(), &ParseOptions::default());
         }
     }

@@ -92,11 +92,12 @@ impl Telemetry {
     /// Registers every metric, process metrics included.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
-            let v = IntCounterVec::new(Opts::new(name, help), &[label])?;
-            registry.register(Box::new(v.clone()))?;
-            Ok(v)
-        };
+        let counter_vec =
+            |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+                let v = IntCounterVec::new(Opts::new(name, help), &[label])?;
+                registry.register(Box::new(v.clone()))?;
+                Ok(v)
+            };
         let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
             let c = IntCounter::new(name, help)?;
             registry.register(Box::new(c.clone()))?;
@@ -107,8 +108,11 @@ impl Telemetry {
             "Datagrams received (TCP: reads), by transport.",
             "transport",
         )?;
-        let bytes =
-            counter_vec("statsd_bridge_bytes_total", "Bytes received, by transport.", "transport")?;
+        let bytes = counter_vec(
+            "statsd_bridge_bytes_total",
+            "Bytes received, by transport.",
+            "transport",
+        )?;
         let lines = counter_vec(
             "statsd_bridge_lines_total",
             "Non-empty lines received, by transport.",
@@ -127,21 +131,28 @@ impl Telemetry {
             "Lines rejected by the parser, by reason; the other lines of the packet still count.",
             "reason",
         )?;
-        let rejected =
-            ParseError::ALL.iter().map(|r| rejected_vec.with_label_values(&[r.reason()])).collect();
+        let rejected = ParseError::ALL
+            .iter()
+            .map(|r| rejected_vec.with_label_values(&[r.reason()]))
+            .collect();
         let dropped_vec = counter_vec(
             "statsd_bridge_samples_dropped_total",
             "Parsed lines the store refused, by reason (type_conflict: the first type seen for a name wins).",
             "reason",
         )?;
-        let dropped =
-            Rejection::ALL.iter().map(|r| dropped_vec.with_label_values(&[r.reason()])).collect();
+        let dropped = Rejection::ALL
+            .iter()
+            .map(|r| dropped_vec.with_label_values(&[r.reason()]))
+            .collect();
         let samples_vec = counter_vec(
             "statsd_bridge_samples_total",
             "Values applied to the store, by StatsD type (a packed line counts each value).",
             "type",
         )?;
-        let samples = TYPES.iter().map(|t| samples_vec.with_label_values(&[t.as_str()])).collect();
+        let samples = TYPES
+            .iter()
+            .map(|t| samples_vec.with_label_values(&[t.as_str()]))
+            .collect();
         let events = samples_vec.with_label_values(&["event"]);
         let service_checks = samples_vec.with_label_values(&["service_check"]);
         let sample_rate_invalid = counter(
@@ -159,23 +170,34 @@ impl Telemetry {
         let series = IntGauge::new("statsd_bridge_series", "Series currently held.")?;
         registry.register(Box::new(series.clone()))?;
         let series_created = counter("statsd_bridge_series_created_total", "Series created.")?;
-        let series_expired =
-            counter("statsd_bridge_series_expired_total", "Series removed after the TTL.")?;
+        let series_expired = counter(
+            "statsd_bridge_series_expired_total",
+            "Series removed after the TTL.",
+        )?;
         let scrape_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "statsd_bridge_scrape_duration_seconds",
                 "Time to snapshot and encode the metrics page.",
             )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
         )?;
         registry.register(Box::new(scrape_duration.clone()))?;
         let build_info = IntGaugeVec::new(
-            Opts::new("statsd_bridge_build_info", "Build information; the value is 1."),
+            Opts::new(
+                "statsd_bridge_build_info",
+                "Build information; the value is 1.",
+            ),
             &["version"],
         )?;
         registry.register(Box::new(build_info.clone()))?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             registry,
             transports,
@@ -203,21 +225,33 @@ impl Telemetry {
 
     /// Counts a rejected line.
     pub fn line_rejected(&self, e: ParseError) {
-        if let Some(c) = ParseError::ALL.iter().position(|r| *r == e).and_then(|i| self.rejected.get(i)) {
+        if let Some(c) = ParseError::ALL
+            .iter()
+            .position(|r| *r == e)
+            .and_then(|i| self.rejected.get(i))
+        {
             c.inc();
         }
     }
 
     /// Counts a line the store refused.
     pub fn sample_dropped(&self, r: Rejection) {
-        if let Some(c) = Rejection::ALL.iter().position(|x| *x == r).and_then(|i| self.dropped.get(i)) {
+        if let Some(c) = Rejection::ALL
+            .iter()
+            .position(|x| *x == r)
+            .and_then(|i| self.dropped.get(i))
+        {
             c.inc();
         }
     }
 
     /// Counts applied values of a type.
     pub fn samples(&self, t: MetricType, n: u32) {
-        if let Some(c) = TYPES.iter().position(|x| *x == t).and_then(|i| self.samples.get(i)) {
+        if let Some(c) = TYPES
+            .iter()
+            .position(|x| *x == t)
+            .and_then(|i| self.samples.get(i))
+        {
             c.inc_by(u64::from(n));
         }
     }
@@ -230,7 +264,12 @@ impl Telemetry {
             .iter()
             .flat_map(|f| {
                 let n = f.name();
-                [n.to_owned(), format!("{n}_sum"), format!("{n}_count"), format!("{n}_bucket")]
+                [
+                    n.to_owned(),
+                    format!("{n}_sum"),
+                    format!("{n}_count"),
+                    format!("{n}_bucket"),
+                ]
             })
             .collect()
     }

@@ -53,11 +53,18 @@ fn start(dir: &Path, config: &str) -> Bridge {
 
 fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let code = resp.get(9..12).unwrap().parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -67,7 +74,10 @@ fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "did not exit within {limit:?} (hang guard)");
+        assert!(
+            Instant::now() < deadline,
+            "did not exit within {limit:?} (hang guard)"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -80,16 +90,26 @@ fn sigterm_drains_serves_the_grace_period_and_exits_zero() {
     let mut b = start(dir.path(), CONFIG);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..1000 {
-        sock.send_to(format!("drain_test:1|c|#i:{}", i % 10).as_bytes(), &b.udp).unwrap();
+        sock.send_to(format!("drain_test:1|c|#i:{}", i % 10).as_bytes(), &b.udp)
+            .unwrap();
     }
     let pid = b.child.id().to_string();
     // Wait until the lines are in, then terminate.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !get(&b.web, "/metrics").1.contains("statsd_bridge_lines_total{transport=\"udp\"} 1000") {
+    while !get(&b.web, "/metrics")
+        .1
+        .contains("statsd_bridge_lines_total{transport=\"udp\"} 1000")
+    {
         assert!(Instant::now() < deadline, "lines never arrived");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     // During the grace period: not ready, but the page still serves every line.
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(&b.web, "/readyz").0 != 503 {
@@ -122,7 +142,8 @@ fn health_endpoints_and_unknown_paths() {
 
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap(), text)
 }
 
@@ -140,7 +161,11 @@ fn check_config_accepts_the_shipped_file() {
 fn check_config_names_file_line_and_field_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
-    std::fs::write(&f, "version = 1\n[bridge]\nmax_series = 10\nttl = \"soon\"\n").unwrap();
+    std::fs::write(
+        &f,
+        "version = 1\n[bridge]\nmax_series = 10\nttl = \"soon\"\n",
+    )
+    .unwrap();
     let (code, out) = run(&["check-config", f.to_str().unwrap()]);
     assert_eq!(code, 64);
     assert!(out.contains("bad.toml:4:7: field `bridge.ttl`:"), "{out}");
@@ -165,7 +190,12 @@ fn bad_flags_exit_with_usage_errors() {
 fn port_in_use_is_a_runtime_error_not_a_panic() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, out) = run(&["--web.listen-address", &addr, "--statsd.listen-udp", "127.0.0.1:0"]);
+    let (code, out) = run(&[
+        "--web.listen-address",
+        &addr,
+        "--statsd.listen-udp",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("cannot bind HTTP"), "{out}");
 }

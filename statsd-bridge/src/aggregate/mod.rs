@@ -28,8 +28,8 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use crate::protocol::{Event, MetricType, Sample, ServiceCheck, Tag, Tags};
-pub use summary::SummaryOptions;
 use summary::Sketch;
+pub use summary::SummaryOptions;
 
 /// What `ms`, `h` and `d` lines become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -54,8 +54,9 @@ pub enum SignedGauge {
 }
 
 /// Prometheus' default histogram buckets, in seconds.
-pub const DEFAULT_BUCKETS: [f64; 11] =
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Store settings.
 #[derive(Debug, Clone)]
@@ -157,8 +158,12 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every rejection, for pre-registering counters.
-    pub const ALL: [Rejection; 4] =
-        [Self::TypeConflict, Self::NameCollision, Self::ReservedName, Self::SeriesLimit];
+    pub const ALL: [Rejection; 4] = [
+        Self::TypeConflict,
+        Self::NameCollision,
+        Self::ReservedName,
+        Self::SeriesLimit,
+    ];
 
     /// The `reason` label of `statsd_bridge_samples_dropped_total`.
     pub fn reason(self) -> &'static str {
@@ -271,7 +276,13 @@ impl Store {
     pub fn new<'r>(cfg: StoreConfig, reserved: impl IntoIterator<Item = &'r str>) -> Self {
         let families = DashMap::new();
         for name in reserved {
-            families.insert(Box::from(name), Family { kind: Kind::Reserved, help: Arc::from("") });
+            families.insert(
+                Box::from(name),
+                Family {
+                    kind: Kind::Reserved,
+                    help: Arc::from(""),
+                },
+            );
         }
         Self {
             cfg,
@@ -327,14 +338,23 @@ impl Store {
             MetricType::Counter => Update::Add(v.value * weight),
             MetricType::Gauge if v.signed && signed_is_delta => Update::Add(v.value),
             MetricType::Gauge => Update::Set(v.value),
-            MetricType::Timer => Update::Observe { value: v.value / 1000.0, weight },
-            MetricType::Histogram | MetricType::Distribution => {
-                Update::Observe { value: v.value, weight }
-            }
+            MetricType::Timer => Update::Observe {
+                value: v.value / 1000.0,
+                weight,
+            },
+            MetricType::Histogram | MetricType::Distribution => Update::Observe {
+                value: v.value,
+                weight,
+            },
             MetricType::Set => Update::Member(""),
         });
         let (samples, new_series) = if s.kind == MetricType::Set {
-            self.apply(scratch, kind, std::iter::once(Update::Member(s.set_member())), now)?
+            self.apply(
+                scratch,
+                kind,
+                std::iter::once(Update::Member(s.set_member())),
+                now,
+            )?
         } else {
             self.apply(scratch, kind, updates, now)?
         };
@@ -353,8 +373,12 @@ impl Store {
         let family = self.cfg.event_family.clone();
         let extra = [("alert_type", e.alert_type.as_str())];
         let mut outcome = scratch.build(&family, "", &e.tags, &extra, Kind::Counter);
-        (outcome.samples, outcome.new_series) =
-            self.apply(scratch, Kind::Counter, std::iter::once(Update::Add(1.0)), now)?;
+        (outcome.samples, outcome.new_series) = self.apply(
+            scratch,
+            Kind::Counter,
+            std::iter::once(Update::Add(1.0)),
+            now,
+        )?;
         Ok(outcome)
     }
 
@@ -399,7 +423,10 @@ impl Store {
             Entry::Vacant(e) => {
                 let mut cell = self.new_cell(kind, now);
                 let n = self.update(&mut cell, updates, now)?;
-                e.insert(Series { cell, last_seen: seen });
+                e.insert(Series {
+                    cell,
+                    last_seen: seen,
+                });
                 self.len.fetch_add(1, Ordering::Relaxed);
                 Ok((n, true))
             }
@@ -410,18 +437,21 @@ impl Store {
         match kind {
             Kind::Counter | Kind::Reserved => Cell::Counter(0.0),
             Kind::Gauge => Cell::Gauge(0.0),
-            Kind::Set => {
-                Cell::Set(Box::new(SetCell { window_start: now, members: HashSet::new() }))
-            }
+            Kind::Set => Cell::Set(Box::new(SetCell {
+                window_start: now,
+                members: HashSet::new(),
+            })),
             Kind::Histogram => Cell::Histogram(Box::new(HistogramCell {
                 bounds: Arc::clone(&self.cfg.buckets),
                 counts: vec![0.0; self.cfg.buckets.len() + 1].into_boxed_slice(),
                 sum: 0.0,
                 count: 0.0,
             })),
-            Kind::Summary => {
-                Cell::Summary(Box::new(SummaryCell { sketch: Sketch::new(now), sum: 0.0, count: 0.0 }))
-            }
+            Kind::Summary => Cell::Summary(Box::new(SummaryCell {
+                sketch: Sketch::new(now),
+                sum: 0.0,
+                count: 0.0,
+            })),
         }
     }
 
@@ -478,9 +508,16 @@ impl Store {
                 _ => Err(Rejection::TypeConflict),
             };
         }
-        let _guard = self.family_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self
+            .family_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(f) = self.families.get(name) {
-            return if f.kind == kind { Ok(()) } else { Err(Rejection::TypeConflict) };
+            return if f.kind == kind {
+                Ok(())
+            } else {
+                Err(Rejection::TypeConflict)
+            };
         }
         let mut probe = String::with_capacity(name.len() + 8);
         // Our own `_sum`/`_count`/`_bucket` must not be someone else's family…
@@ -512,7 +549,13 @@ impl Store {
         } else {
             HELP_AUTO
         };
-        self.families.insert(Box::from(name), Family { kind, help: Arc::from(help) });
+        self.families.insert(
+            Box::from(name),
+            Family {
+                kind,
+                help: Arc::from(help),
+            },
+        );
         Ok(())
     }
 
@@ -521,9 +564,9 @@ impl Store {
         if self.cfg.ttl.is_zero() {
             return 0;
         }
-        let cutoff = self.seconds(now).saturating_sub(
-            u32::try_from(self.cfg.ttl.as_secs().max(1)).unwrap_or(u32::MAX),
-        );
+        let cutoff = self
+            .seconds(now)
+            .saturating_sub(u32::try_from(self.cfg.ttl.as_secs().max(1)).unwrap_or(u32::MAX));
         let mut removed = 0;
         self.series.retain(|_, s| {
             let keep = s.last_seen > cutoff;
@@ -543,7 +586,8 @@ impl Store {
                 Cell::Counter(v) => Value::Counter(*v),
                 Cell::Gauge(v) => Value::Gauge(*v),
                 Cell::Set(set) => {
-                    let live = now.saturating_duration_since(set.window_start) < self.cfg.set_window;
+                    let live =
+                        now.saturating_duration_since(set.window_start) < self.cfg.set_window;
                     Value::Gauge(if live { set.members.len() as f64 } else { 0.0 })
                 }
                 Cell::Histogram(h) => {
@@ -572,7 +616,10 @@ impl Store {
             series.push(SeriesSnapshot { key, value });
         }
         series.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        Snapshot { series, families: Arc::clone(&self.families) }
+        Snapshot {
+            series,
+            families: Arc::clone(&self.families),
+        }
     }
 }
 
@@ -590,9 +637,13 @@ impl Scratch {
         self.text.clear();
         self.labels.clear();
         common::prom::sanitize_name_into(name, &mut self.text);
-        self.text.extend(
-            name_suffix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
-        );
+        self.text.extend(name_suffix.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        }));
         self.name_end = self.text.len();
         let pairs = tags.iter().filter_map(|t| match t {
             Tag::Pair(k, v) => Some((k, v)),
@@ -635,7 +686,8 @@ impl Scratch {
             }
         }
         self.key.clear();
-        self.key.extend_from_slice(text.get(..self.name_end).unwrap_or("").as_bytes());
+        self.key
+            .extend_from_slice(text.get(..self.name_end).unwrap_or("").as_bytes());
         self.key.push(KEY_NAME_END);
         for (k, v) in &self.labels {
             self.key.extend_from_slice(slice(k).as_bytes());
@@ -691,13 +743,24 @@ pub struct SeriesSnapshot {
 impl SeriesSnapshot {
     /// The family name.
     pub fn name(&self) -> &str {
-        let end = self.key.iter().position(|b| *b == KEY_NAME_END).unwrap_or(self.key.len());
-        self.key.get(..end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("")
+        let end = self
+            .key
+            .iter()
+            .position(|b| *b == KEY_NAME_END)
+            .unwrap_or(self.key.len());
+        self.key
+            .get(..end)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
     }
 
     /// Labels, sorted by name.
     pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
-        let start = self.key.iter().position(|b| *b == KEY_NAME_END).map_or(self.key.len(), |i| i + 1);
+        let start = self
+            .key
+            .iter()
+            .position(|b| *b == KEY_NAME_END)
+            .map_or(self.key.len(), |i| i + 1);
         self.key
             .get(start..)
             .unwrap_or(&[])

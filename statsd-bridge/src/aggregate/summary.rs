@@ -47,7 +47,12 @@ pub struct Sketch {
 impl Sketch {
     /// An empty sketch starting at `now`.
     pub fn new(now: Instant) -> Self {
-        Self { buckets: vec![Bucket { start: now, samples: Vec::new() }] }
+        Self {
+            buckets: vec![Bucket {
+                start: now,
+                samples: Vec::new(),
+            }],
+        }
     }
 
     fn bucket_span(opts: &SummaryOptions) -> Duration {
@@ -57,11 +62,17 @@ impl Sketch {
     fn rotate(&mut self, now: Instant, opts: &SummaryOptions) {
         let span = Self::bucket_span(opts);
         let max_age = opts.max_age;
-        self.buckets.retain(|b| now.saturating_duration_since(b.start) < max_age);
-        let newest_fresh =
-            self.buckets.last().is_some_and(|b| now.saturating_duration_since(b.start) < span);
+        self.buckets
+            .retain(|b| now.saturating_duration_since(b.start) < max_age);
+        let newest_fresh = self
+            .buckets
+            .last()
+            .is_some_and(|b| now.saturating_duration_since(b.start) < span);
         if !newest_fresh {
-            self.buckets.push(Bucket { start: now, samples: Vec::new() });
+            self.buckets.push(Bucket {
+                start: now,
+                samples: Vec::new(),
+            });
         }
     }
 
@@ -83,8 +94,11 @@ impl Sketch {
     /// The configured quantiles over the live window; NaN when the window is empty.
     pub fn quantiles(&mut self, now: Instant, opts: &SummaryOptions) -> Vec<(f64, f64)> {
         self.rotate(now, opts);
-        let mut all: Vec<(f64, f64)> =
-            self.buckets.iter().flat_map(|b| b.samples.iter().copied()).collect();
+        let mut all: Vec<(f64, f64)> = self
+            .buckets
+            .iter()
+            .flat_map(|b| b.samples.iter().copied())
+            .collect();
         all.sort_by(|a, b| a.0.total_cmp(&b.0));
         let total: f64 = all.iter().map(|s| s.1).sum();
         opts.quantiles
@@ -135,7 +149,11 @@ fn compact(samples: &mut Vec<(f64, f64)>, cap: usize) {
             .chunks(2)
             .map(|pair| {
                 let w: f64 = pair.iter().map(|s| s.1).sum();
-                let v = if w > 0.0 { pair.iter().map(|s| s.0 * s.1).sum::<f64>() / w } else { 0.0 };
+                let v = if w > 0.0 {
+                    pair.iter().map(|s| s.0 * s.1).sum::<f64>() / w
+                } else {
+                    0.0
+                };
                 (v, w)
             })
             .collect();

@@ -42,14 +42,27 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     socket.set_read_timeout(Some(POLL))?;
-    let name = format!("udp-{}", socket.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()));
+    let name = format!(
+        "udp-{}",
+        socket
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string())
+    );
     std::thread::Builder::new().name(name).spawn(move || {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut scratch = Scratch::default();
         while !stop.load(Ordering::Relaxed) {
             match socket.recv(&mut buf) {
-                Ok(n) => ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut scratch),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Ok(n) => {
+                    ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut scratch)
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "UDP receive failed.");
                     std::thread::sleep(POLL);
