@@ -1,1 +1,113 @@
-fn main() {}
+//! Criterion benches of the bridge's hot functions, one group per pipeline stage.
+//!
+//! Run: `cargo bench -p pipeline-benches --bench bridge`. Each group reports lines (or
+//! series) per second; compare them with `parse/baseline_split`, which only splits lines
+//! and finds the `|` fields, the floor any parser pays.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use statsd_bridge::aggregate::{Scratch, Store, StoreConfig};
+use statsd_bridge::expose::encode_text;
+use statsd_bridge::ingest::ingest_line;
+use statsd_bridge::protocol::{ParseOptions, lines, parse_line};
+
+/// A mix of typical DogStatsD lines: plain, sampled, tagged, packed, timers, sets.
+fn typical_lines() -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..1000 {
+        out.push(match i % 8 {
+            0 => format!("app.requests:1|c|#env:prod,route:/api/v{},status:200", i % 7),
+            1 => format!("app.latency:{}|ms|@0.5|#env:prod,route:/api", i % 500),
+            2 => format!("app.queue.depth:{}|g|#env:prod,queue:q{}", i, i % 3),
+            3 => "app.bytes:512:1024:2048|d|#env:prod".to_owned(),
+            4 => format!("app.users:user{}|s|#env:prod", i % 100),
+            5 => format!("plain.counter.{}:1|c", i % 10),
+            6 => format!("app.hist:{}|h|#env:prod,host:node-{}|c:abc123|T1700000000", i, i % 5),
+            _ => format!("app.errors:1|c|@0.1|#env:prod,service:checkout,version:1.2.{}", i % 4),
+        });
+    }
+    out
+}
+
+fn parse(c: &mut Criterion) {
+    let input = typical_lines();
+    let opts = ParseOptions::default();
+    let bytes: usize = input.iter().map(String::len).sum();
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(input.len() as u64));
+    g.bench_function("baseline_split", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for l in &input {
+                n += black_box(l.as_bytes()).split(|c| *c == b'|').count();
+            }
+            n
+        })
+    });
+    g.bench_function("parse_line", |b| {
+        b.iter(|| {
+            for l in &input {
+                let _ = black_box(parse_line(black_box(l.as_bytes()), &opts));
+            }
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("parse_bytes");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    let datagram = input.join("\n");
+    g.bench_function("datagram", |b| {
+        b.iter(|| {
+            for l in lines(black_box(datagram.as_bytes())) {
+                let _ = black_box(parse_line(l, &opts));
+            }
+        })
+    });
+    g.finish();
+}
+
+fn aggregate(c: &mut Criterion) {
+    let input = typical_lines();
+    let opts = ParseOptions::default();
+    let mut g = c.benchmark_group("aggregate");
+    g.throughput(Throughput::Elements(input.len() as u64));
+    let store = Store::new(StoreConfig::default(), []);
+    let mut scratch = Scratch::default();
+    let now = Instant::now();
+    g.bench_function("ingest_existing_series", |b| {
+        b.iter(|| {
+            for l in &input {
+                black_box(ingest_line(&store, l.as_bytes(), &opts, &mut scratch, now));
+            }
+        })
+    });
+    g.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    for n in [10_000usize, 100_000] {
+        let store = Store::new(StoreConfig::default(), []);
+        let mut scratch = Scratch::default();
+        let now = Instant::now();
+        let opts = ParseOptions::default();
+        for i in 0..n {
+            let line = format!("enc.counter:1|c|#pod:pod-{},ns:ns-{},app:a{}", i, i % 50, i % 7);
+            ingest_line(&store, line.as_bytes(), &opts, &mut scratch, now);
+        }
+        g.throughput(Throughput::Elements(n as u64));
+        g.sample_size(10);
+        g.bench_with_input(BenchmarkId::new("scrape", n), &store, |b, store| {
+            b.iter(|| {
+                let mut out = String::new();
+                encode_text(&store.snapshot(now), &mut out);
+                out.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parse, aggregate, encode);
+criterion_main!(benches);
