@@ -1,1 +1,32 @@
 //! Shared helpers for the end-to-end tests.
+//!
+//! The tests drive real processes: the workspace's binaries (built beforehand with
+//! `cargo build --release --bins`), Prometheus and `promtool` (Debian package `prometheus`),
+//! and the Datadog Python client from `.venv` (`scripts/test.sh` installs all of them).
+//! Every port is ephemeral, so tests run in parallel; readiness and delivery are awaited with
+//! [`util::eventually`], never with fixed sleeps.
+//!
+//! # Layout
+//! - [`util`]: paths (workspace, binaries, programs, Python), [`util::eventually`], UDP sends.
+//! - [`process`]: [`process::ChildGuard`], a child killed on drop whose log tail is printed
+//!   when a test fails.
+//! - [`http`]: a minimal HTTP/1.1 client.
+//! - [`statsd`]: [`statsd::Bridge`], the `statsd-bridge` binary under test.
+//! - [`dogstatsd`]: [`dogstatsd::DogStatsd`], the real Datadog Python client.
+//! - [`prom`]: [`prom::Prometheus`], a real Prometheus server, and `promtool check metrics`.
+//! - [`exposition`]: a strict reader of the text exposition format.
+//! - [`vectors`]: the data-driven cases in `tests/data/`.
+
+pub mod dogstatsd;
+pub mod exposition;
+pub mod http;
+pub mod process;
+pub mod prom;
+pub mod statsd;
+pub mod util;
+pub mod vectors;
+
+pub use dogstatsd::DogStatsd;
+pub use prom::{Prometheus, Sample, promtool_check_metrics};
+pub use statsd::Bridge;
+pub use util::{PATIENCE, bin, eventually, python, require_program, workspace_root};

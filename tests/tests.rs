@@ -1,1 +1,5 @@
-//! End-to-end tests.
+//! End-to-end tests: real binaries, a real Prometheus, the real Datadog client.
+//!
+//! Run them with `scripts/test.sh`, which installs the peers and builds the binaries first.
+
+mod bridge;

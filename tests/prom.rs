@@ -1,0 +1,263 @@
+//! A real Prometheus server as a child process, its query API, and `promtool`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::exposition::render_key;
+use crate::http::{self, url_encode};
+use crate::process::ChildGuard;
+use crate::util::{PATIENCE, eventually, free_tcp_port, parse_value, require_program};
+
+/// The install hint for `prometheus` and `promtool`.
+const PROMETHEUS_HINT: &str = "apt-get install prometheus";
+
+/// One element of an instant-vector query result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// All labels, `__name__` included when the result keeps it.
+    pub labels: BTreeMap<String, String>,
+    /// The value (`NaN`, `+Inf` and `-Inf` included).
+    pub value: f64,
+}
+
+impl Sample {
+    /// The series as `name{k="v",…}` without `__name__` in the braces and without the target
+    /// labels `job` and `instance`, which Prometheus adds.
+    pub fn key(&self) -> String {
+        let name = self.labels.get("__name__").cloned().unwrap_or_default();
+        let labels: BTreeMap<String, String> = self
+            .labels
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "job" | "instance"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        render_key(&name, &labels)
+    }
+}
+
+/// A running Prometheus scraping the given targets every second, killed when dropped.
+pub struct Prometheus {
+    child: ChildGuard,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with one job, `bridge` (`honor_labels: true`, `/metrics`, 1 s scrape
+    /// interval), over `targets`, and waits until `/-/ready` answers 200.
+    ///
+    /// # Panics
+    /// When `prometheus` is not installed, or it does not start.
+    pub fn start(targets: &[SocketAddr]) -> Prometheus {
+        let program = require_program("prometheus", PROMETHEUS_HINT);
+        let dir = tempfile::Builder::new()
+            .prefix("prometheus-")
+            .tempdir()
+            .expect("creating a temp dir for prometheus");
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, scrape_config(targets)).expect("writing prometheus.yml");
+        let data = dir.path().join("data");
+        // The port is free at this instant; another process could take it before Prometheus
+        // binds, in which case Prometheus exits and we retry with another one.
+        for attempt in 1..=3 {
+            let port = free_tcp_port().expect("finding a free port");
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut cmd = Command::new(&program);
+            cmd.arg(format!("--config.file={}", config_path.display()))
+                .arg(format!("--storage.tsdb.path={}", data.display()))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--log.level=warn")
+                .current_dir(dir.path());
+            let child = ChildGuard::spawn("prometheus", cmd).expect("starting prometheus");
+            let ready = eventually_or_exit(&child, || {
+                let r = http::get(addr, "/-/ready")?;
+                anyhow::ensure!(r.status == 200, "/-/ready answered {}", r.status);
+                Ok(())
+            });
+            match ready {
+                Ok(()) => {
+                    return Prometheus {
+                        child,
+                        addr,
+                        _dir: dir,
+                    };
+                }
+                Err(e) if attempt < 3 => eprintln!("prometheus did not start, retrying: {e:#}"),
+                Err(e) => panic!("prometheus did not start: {e:#}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// The address of Prometheus' web server.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The process guard (pid, logs).
+    pub fn process(&self) -> &ChildGuard {
+        &self.child
+    }
+
+    /// Runs an instant query and returns its vector result.
+    pub fn query(&self, promql: &str) -> Result<Vec<Sample>> {
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let response = http::get(self.addr, &path)?;
+        let body = response.text()?;
+        anyhow::ensure!(
+            response.status == 200,
+            "query {promql:?}: HTTP {}: {body}",
+            response.status
+        );
+        parse_vector(&body).with_context(|| format!("query {promql:?}"))
+    }
+
+    /// Runs an instant query and returns its samples keyed by [`Sample::key`].
+    pub fn query_map(&self, promql: &str) -> Result<BTreeMap<String, f64>> {
+        let mut map = BTreeMap::new();
+        for s in self.query(promql)? {
+            let key = s.key();
+            if map.insert(key.clone(), s.value).is_some() {
+                bail!("query {promql:?} returned {key} twice (differing only in job/instance)");
+            }
+        }
+        Ok(map)
+    }
+
+    /// How many targets of the `bridge` job are up (`up{job="bridge"} == 1`).
+    pub fn targets_up(&self) -> Result<usize> {
+        let samples = self.query(r#"up{job="bridge"}"#)?;
+        Ok(samples.iter().filter(|s| s.value == 1.0).count())
+    }
+
+    /// Waits until `n` targets of the `bridge` job are up.
+    pub fn wait_targets_up(&self, n: usize) {
+        eventually(
+            &format!("{n} bridge target(s) up in Prometheus"),
+            PATIENCE,
+            || {
+                self.child.ensure_running()?;
+                let up = self.targets_up()?;
+                anyhow::ensure!(up == n, "{up} of {n} targets up");
+                Ok(())
+            },
+        )
+    }
+}
+
+/// Retries `f` until it succeeds, failing fast (as an error) if the child exits.
+fn eventually_or_exit(child: &ChildGuard, mut f: impl FnMut() -> Result<()>) -> Result<()> {
+    let start = std::time::Instant::now();
+    let limit = crate::util::scaled(PATIENCE);
+    loop {
+        child.ensure_running()?;
+        match f() {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() >= limit => {
+                return Err(e.context(format!("not ready after {limit:?}")));
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The Prometheus config: 1 s scrape and evaluation intervals, one `bridge` job.
+pub fn scrape_config(targets: &[SocketAddr]) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  scrape_timeout: 1s\n\
+         scrape_configs:\n  - job_name: bridge\n    honor_labels: true\n    metrics_path: \
+         /metrics\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    )
+}
+
+/// Parses a `/api/v1/query` JSON answer whose result is a vector (or a scalar).
+pub fn parse_vector(body: &str) -> Result<Vec<Sample>> {
+    let json: Value = serde_json::from_str(body).context("query answer is not JSON")?;
+    anyhow::ensure!(json["status"] == "success", "query failed: {body}");
+    let data = &json["data"];
+    let result = &data["result"];
+    match data["resultType"].as_str() {
+        Some("vector") => result
+            .as_array()
+            .context("vector result is not an array")?
+            .iter()
+            .map(|item| {
+                let labels = item["metric"]
+                    .as_object()
+                    .context("sample without `metric`")?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect();
+                let value = sample_value(&item["value"])?;
+                Ok(Sample { labels, value })
+            })
+            .collect(),
+        Some("scalar") => Ok(vec![Sample {
+            labels: BTreeMap::new(),
+            value: sample_value(result)?,
+        }]),
+        other => bail!("unexpected result type {other:?}: {body}"),
+    }
+}
+
+fn sample_value(pair: &Value) -> Result<f64> {
+    let text = pair
+        .get(1)
+        .and_then(Value::as_str)
+        .context("sample value is not [ts, \"v\"]")?;
+    parse_value(text)
+}
+
+/// Pipes `text` into `promtool check metrics`; returns its exit code and combined output.
+///
+/// Exit code 0 is clean, 3 means lint findings only (e.g. a counter without `_total`, which
+/// statsd_exporter-compatible output has by design), 1 means the exposition does not parse.
+///
+/// # Panics
+/// When `promtool` is not installed.
+pub fn promtool_check_metrics(text: &str) -> (i32, String) {
+    let program = require_program("promtool", PROMETHEUS_HINT);
+    let mut child = Command::new(program)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool");
+    let mut stdin = child.stdin.take().expect("promtool stdin");
+    let text = text.to_owned();
+    // Write from a thread so a large page can't deadlock against promtool's output.
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let output = child.wait_with_output().expect("waiting for promtool");
+    let _ = writer.join();
+    let mut combined = String::from_utf8_lossy(&output.stdout).into_owned();
+    combined.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), combined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vector_answers_with_special_values() {
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"__name__":"x","job":"bridge","instance":"a:1","env":"prod"},"value":[1.5,"NaN"]},
+            {"metric":{"__name__":"y"},"value":[1.5,"+Inf"]},
+            {"metric":{},"value":[1.5,"0.25"]}]}}"#;
+        let v = parse_vector(body).unwrap();
+        assert!(v[0].value.is_nan());
+        assert_eq!(v[0].key(), "x{env=\"prod\"}");
+        assert_eq!(v[1].value, f64::INFINITY);
+        assert_eq!(v[2].key(), "{}");
+        assert_eq!(v[2].value, 0.25);
+    }
+}
