@@ -1,7 +1,8 @@
 //! The `[bridge]` table of `pipeline.toml`. Every field's doc comment is its reference.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::config::ConfigError;
@@ -32,10 +33,35 @@ struct PipelineFile {
 pub struct BridgeConfig {
     /// UDP addresses to receive StatsD on; `[]` for none. `":8125"` means all interfaces.
     pub listen_udp: Spanned<Vec<String>>,
+    /// TCP addresses to receive newline-delimited StatsD on; `[]` for none.
+    pub listen_tcp: Spanned<Vec<String>>,
+    /// Unix datagram socket paths (DogStatsD's `dsd.socket`); `[]` for none. The file is
+    /// created at start (a stale socket file is replaced) and removed on exit.
+    pub listen_unixgram: Spanned<Vec<String>>,
+    /// File mode of the unix socket files, in octal as statsd_exporter takes it (`"755"`;
+    /// `"722"` lets clients of other users write, as the Datadog Agent does).
+    pub unixsocket_mode: Spanned<String>,
+    /// Longest line accepted, in bytes; longer TCP lines are dropped and counted.
+    pub max_line_length: Spanned<ByteSize>,
+    /// Open TCP connections at most; more are closed at once and counted.
+    pub max_tcp_connections: Spanned<usize>,
+    /// Tags per line at most; a line with more is rejected (`too_many_tags`).
+    pub max_tags: Spanned<usize>,
+    /// Bytes per tag at most; a line with a longer tag is rejected (`tag_too_long`).
+    pub max_tag_length: Spanned<usize>,
+    /// Forward every received line to this StatsD server (`host:port`, UDP); `""` for none.
+    pub relay_address: Spanned<String>,
+    /// Largest relay packet, in bytes; longer lines are not relayed.
+    pub relay_packet_length: Spanned<usize>,
     /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub web_listen: Spanned<String>,
     /// Path of the metrics page.
     pub telemetry_path: Spanned<String>,
+    /// Serve OpenMetrics 1.0 to scrapers that ask for it. Off by default: OpenMetrics
+    /// counters end in `_total`, so switching it on renames every counter in Prometheus.
+    pub openmetrics: bool,
+    /// Enable `POST`/`PUT /-/reload` and `/-/quit` (statsd_exporter's `--web.enable-lifecycle`).
+    pub enable_lifecycle: bool,
     /// Kernel receive buffer per socket (`SO_RCVBUF`); `0` keeps the OS default. The kernel
     /// caps it at `net.core.rmem_max`; the size granted is logged.
     pub read_buffer: ByteSize,
@@ -89,6 +115,17 @@ impl Default for BridgeConfig {
         let s = |v: &str| Spanned::new(0..0, v.to_owned());
         Self {
             listen_udp: Spanned::new(0..0, vec!["0.0.0.0:8125".to_owned()]),
+            listen_tcp: Spanned::new(0..0, vec!["0.0.0.0:8125".to_owned()]),
+            listen_unixgram: Spanned::new(0..0, Vec::new()),
+            unixsocket_mode: s("755"),
+            max_line_length: Spanned::new(0..0, ByteSize(64 * 1024)),
+            max_tcp_connections: Spanned::new(0..0, 1024),
+            max_tags: Spanned::new(0..0, 100),
+            max_tag_length: Spanned::new(0..0, 1024),
+            relay_address: s(""),
+            relay_packet_length: Spanned::new(0..0, 1400),
+            openmetrics: false,
+            enable_lifecycle: false,
             web_listen: s("0.0.0.0:9102"),
             telemetry_path: s("/metrics"),
             read_buffer: ByteSize(8 << 20),
@@ -123,6 +160,16 @@ pub struct Config {
     pub bridge: BridgeConfig,
     /// UDP addresses, parsed.
     pub udp: Vec<SocketAddr>,
+    /// TCP addresses, parsed.
+    pub tcp: Vec<SocketAddr>,
+    /// Unix datagram socket paths.
+    pub unixgram: Vec<PathBuf>,
+    /// Unix socket file mode.
+    pub unix_mode: u32,
+    /// Relay target, resolved.
+    pub relay: Option<SocketAddr>,
+    /// The file the config came from, for reloads; `None` for defaults and flags only.
+    pub path: Option<PathBuf>,
     /// HTTP address, parsed.
     pub web: SocketAddr,
 }
@@ -131,6 +178,7 @@ impl Config {
     /// Parses and validates `pipeline.toml` text.
     pub fn from_toml(src: &str, path: &Path) -> Result<Self, ConfigError> {
         let file: PipelineFile = common::config::from_toml(src, path)?;
+        let path_buf = path.to_path_buf();
         if *file.version.get_ref() != 1 {
             return Err(ConfigError::at(
                 path,
@@ -143,7 +191,9 @@ impl Config {
                 ),
             ));
         }
-        Self::validate(file.bridge, src, path)
+        let mut cfg = Self::validate(file.bridge, src, path)?;
+        cfg.path = Some(path_buf);
+        Ok(cfg)
     }
 
     /// Reads and validates a config file.
@@ -175,6 +225,54 @@ impl Config {
             .map(|a| parse_addr(a))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| err(bridge.listen_udp.span(), "bridge.listen_udp", e))?;
+        let tcp = bridge
+            .listen_tcp
+            .get_ref()
+            .iter()
+            .map(|a| parse_addr(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(bridge.listen_tcp.span(), "bridge.listen_tcp", e))?;
+        let unixgram: Vec<PathBuf> = bridge
+            .listen_unixgram
+            .get_ref()
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        if unixgram.iter().any(|p| p.as_os_str().is_empty()) {
+            return Err(err(
+                bridge.listen_unixgram.span(),
+                "bridge.listen_unixgram",
+                "empty path".to_owned(),
+            ));
+        }
+        let unix_mode = u32::from_str_radix(bridge.unixsocket_mode.get_ref(), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| {
+                err(
+                    bridge.unixsocket_mode.span(),
+                    "bridge.unixsocket_mode",
+                    format!(
+                        "`{}` is not an octal file mode like \"755\"",
+                        bridge.unixsocket_mode.get_ref()
+                    ),
+                )
+            })?;
+        let relay = match bridge.relay_address.get_ref().as_str() {
+            "" => None,
+            a => Some(
+                a.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| {
+                        err(
+                            bridge.relay_address.span(),
+                            "bridge.relay_address",
+                            format!("`{a}` is not a reachable host:port"),
+                        )
+                    })?,
+            ),
+        };
         let web = parse_addr(bridge.web_listen.get_ref())
             .map_err(|e| err(bridge.web_listen.span(), "bridge.web_listen", e))?;
         if !bridge.telemetry_path.get_ref().starts_with('/') {
@@ -249,7 +347,16 @@ impl Config {
         }
         common::telemetry::directives_for_level(bridge.log_level.get_ref(), &[])
             .map_err(|e| err(bridge.log_level.span(), "bridge.log_level", e))?;
-        Ok(Self { bridge, udp, web })
+        Ok(Self {
+            bridge,
+            udp,
+            tcp,
+            unixgram,
+            unix_mode,
+            relay,
+            web,
+            path: None,
+        })
     }
 
     /// Store settings.
@@ -282,6 +389,8 @@ impl Config {
             influxdb_tags: b.parse_influxdb_tags,
             librato_tags: b.parse_librato_tags,
             signalfx_tags: b.parse_signalfx_tags,
+            max_tags: *b.max_tags.get_ref(),
+            max_tag_length: *b.max_tag_length.get_ref(),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The HTTP edge: routes requests to the metrics page, health and readiness.
+//! The HTTP edge: the metrics page (text or OpenMetrics, gzip when asked), health,
+//! readiness, and statsd_exporter's lifecycle endpoints.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -7,14 +9,17 @@ use std::time::Instant;
 use bytes::Bytes;
 use common::http::{Body, text};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use tokio_util::sync::CancellationToken;
 
-use crate::expose::{TEXT_CONTENT_TYPE, encode_text};
+use crate::expose::{Format, encode, encode_families_openmetrics};
 use crate::ingest::Ingester;
 
+/// Re-reads the config; `Ok` carries a summary for the response.
+pub type ReloadFn = dyn Fn() -> Result<String, String> + Send + Sync;
+
 /// What the handlers share.
-#[derive(Debug)]
 pub struct State {
     /// The store and self-metrics.
     pub ingester: Arc<Ingester>,
@@ -22,46 +27,150 @@ pub struct State {
     pub ready: AtomicBool,
     /// Path of the metrics page.
     pub telemetry_path: String,
+    /// Serve OpenMetrics to scrapers that ask for it.
+    pub openmetrics: bool,
+    /// Serve `/-/reload` and `/-/quit`.
+    pub lifecycle: bool,
+    /// What `/-/reload` runs.
+    pub reload: Box<ReloadFn>,
+    /// Cancelled by `/-/quit`.
+    pub quit: CancellationToken,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("telemetry_path", &self.telemetry_path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Renders the whole metrics page: the store's series, then the self-metrics.
-pub fn render_metrics(ingester: &Ingester) -> String {
+pub fn render_metrics(ingester: &Ingester, format: Format) -> String {
     let started = Instant::now();
     let t = &ingester.telemetry;
     let snapshot = ingester.store.snapshot(started);
     let mut out = String::with_capacity(snapshot.series.len() * 64 + 8192);
-    encode_text(&snapshot, &mut out);
+    encode(&snapshot, format, &mut out);
     t.series
         .set(i64::try_from(ingester.store.len()).unwrap_or(i64::MAX));
     t.scrape_duration.observe(started.elapsed().as_secs_f64());
-    t.encode(&mut out);
+    match format {
+        Format::Text => t.encode(&mut out),
+        Format::OpenMetrics => {
+            encode_families_openmetrics(&t.registry.gather(), &mut out);
+            out.push_str("# EOF\n");
+        }
+    }
     out
+}
+
+/// OpenMetrics when enabled and the scraper lists it in `Accept`, else text 0.0.4 whatever
+/// `Accept` says (Prometheus asks for OpenMetrics first; answering it would rename counters).
+fn negotiate(headers: &HeaderMap, openmetrics: bool) -> Format {
+    let wants_om = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics && wants_om {
+        Format::OpenMetrics
+    } else {
+        Format::Text
+    }
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|enc| {
+                let mut parts = enc.split(';');
+                let name = parts.next().unwrap_or("").trim();
+                let q_zero = parts.any(|p| p.trim().replace(' ', "") == "q=0");
+                (name == "gzip" || name == "*") && !q_zero
+            })
+        })
+}
+
+fn gzip(page: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(page.len() / 4),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(page)?;
+    enc.finish()
+}
+
+async fn metrics(state: &State, headers: &HeaderMap) -> Response<Body> {
+    let format = negotiate(headers, state.openmetrics);
+    let compress = accepts_gzip(headers);
+    let ingester = Arc::clone(&state.ingester);
+    let rendered = tokio::task::spawn_blocking(move || {
+        let page = render_metrics(&ingester, format);
+        if compress {
+            gzip(page.as_bytes()).map(|z| (z, true))
+        } else {
+            Ok((page.into_bytes(), false))
+        }
+    })
+    .await;
+    match rendered {
+        Ok(Ok((body, gzipped))) => {
+            let mut resp = text(StatusCode::OK, Bytes::from(body));
+            let h = resp.headers_mut();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
+            h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+            if gzipped {
+                h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            resp
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "Compressing the metrics page failed.");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "compression failed\n")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Rendering the metrics page failed.");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n")
+        }
+    }
 }
 
 /// Routes one request.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    let path = req.uri().path();
+    let method = req.method();
+    if (path == "/-/reload" || path == "/-/quit") && state.lifecycle {
+        if method != Method::POST && method != Method::PUT {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST or PUT\n");
+        }
+        if path == "/-/quit" {
+            tracing::info!("Quit requested over HTTP.");
+            state.quit.cancel();
+            return text(StatusCode::OK, "Requesting termination... Goodbye!\n");
+        }
+        return match (state.reload)() {
+            Ok(summary) => text(StatusCode::OK, format!("{summary}\n")),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("failed to reload config: {e}\n"),
+            ),
+        };
+    }
+    if method != Method::GET && method != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET and HEAD are served\n",
         );
     }
-    match req.uri().path() {
-        p if p == state.telemetry_path => {
-            let ingester = Arc::clone(&state.ingester);
-            match tokio::task::spawn_blocking(move || render_metrics(&ingester)).await {
-                Ok(page) => {
-                    let mut resp = text(StatusCode::OK, Bytes::from(page));
-                    resp.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
-                    resp
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "Rendering the metrics page failed.");
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n")
-                }
-            }
-        }
+    match path {
+        p if p == state.telemetry_path => metrics(&state, req.headers()).await,
         "/healthz" | "/-/healthy" => text(StatusCode::OK, "ok\n"),
         "/readyz" | "/-/ready" => {
             if state.ready.load(Ordering::Relaxed) {
@@ -85,5 +194,45 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
             resp
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn text_unless_openmetrics_is_enabled_and_asked_for() {
+        let prom = headers(&[(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )]);
+        assert_eq!(negotiate(&prom, false), Format::Text);
+        assert_eq!(negotiate(&prom, true), Format::OpenMetrics);
+        assert_eq!(
+            negotiate(&headers(&[("accept", "text/plain")]), true),
+            Format::Text
+        );
+        assert_eq!(negotiate(&HeaderMap::new(), true), Format::Text);
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip(&headers(&[("accept-encoding", "gzip")])));
+        assert!(accepts_gzip(&headers(&[(
+            "accept-encoding",
+            "deflate, gzip;q=0.8"
+        )])));
+        assert!(!accepts_gzip(&headers(&[("accept-encoding", "gzip;q=0")])));
+        assert!(!accepts_gzip(&headers(&[("accept-encoding", "identity")])));
+        assert!(!accepts_gzip(&HeaderMap::new()));
     }
 }

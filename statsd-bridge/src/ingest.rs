@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::aggregate::{Outcome, Rejection, Scratch, Store};
 use crate::protocol::{self, Line, MetricType, ParseError, ParseOptions};
+use crate::relay::Relay;
 use crate::telemetry::{Telemetry, Transport};
 
 /// What one line did.
@@ -69,16 +70,24 @@ pub struct Ingester {
     pub opts: ParseOptions,
     /// Self-metrics.
     pub telemetry: Arc<Telemetry>,
+    /// Where received lines are forwarded, if anywhere.
+    pub relay: Option<Relay>,
     log_limit: RateLimit,
 }
 
 impl Ingester {
     /// Builds an ingester.
-    pub fn new(store: Arc<Store>, opts: ParseOptions, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        opts: ParseOptions,
+        telemetry: Arc<Telemetry>,
+        relay: Option<Relay>,
+    ) -> Self {
         Self {
             store,
             opts,
             telemetry,
+            relay,
             log_limit: RateLimit::new(1_000),
         }
     }
@@ -98,6 +107,9 @@ impl Ingester {
     pub fn line(&self, line: &[u8], transport: Transport, scratch: &mut Scratch, now: Instant) {
         let t = &self.telemetry;
         t.transport(transport).lines.inc();
+        if let Some(relay) = &self.relay {
+            relay.line(line);
+        }
         let outcome = match ingest_line(&self.store, line, &self.opts, scratch, now) {
             LineResult::Accepted {
                 outcome,

@@ -7,7 +7,9 @@
 //! - [`ingest`]: datagram → parser → store, with the self-metrics counted.
 //! - [`telemetry`]: the `statsd_bridge_*` self-metrics.
 //! - [`config`], [`cli`]: the `[bridge]` table and the flags that override it.
-//! - [`listen`]: sockets (the only module that touches StatsD input IO).
+//! - [`framing`]: TCP stream → bounded lines (sans-IO).
+//! - [`listen`]: sockets (the only module that touches StatsD input IO): UDP, TCP, unixgram.
+//! - [`relay`]: forwards received lines to another StatsD server, never blocking.
 //! - [`http`]: the metrics page, `/healthz`, `/readyz`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,10 +17,12 @@ pub mod aggregate;
 pub mod cli;
 pub mod config;
 pub mod expose;
+pub mod framing;
 pub mod http;
 pub mod ingest;
 pub mod listen;
 pub mod protocol;
+pub mod relay;
 pub mod telemetry;
 
 use std::future::Future;
@@ -28,10 +32,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::aggregate::Store;
 use crate::config::Config;
 use crate::ingest::Ingester;
+use crate::listen::unixgram::BoundUnixgram;
+use crate::relay::Relay;
 use crate::telemetry::Telemetry;
 
 /// Why the bridge could not start or keep running.
@@ -42,8 +49,8 @@ pub enum RunError {
     Bind {
         /// Which listener.
         what: &'static str,
-        /// The address.
-        addr: SocketAddr,
+        /// The address or path.
+        addr: String,
         /// The OS error.
         #[source]
         source: std::io::Error,
@@ -51,9 +58,14 @@ pub enum RunError {
     /// The self-metrics could not be registered (a bug).
     #[error("cannot register self-metrics")]
     Telemetry(#[source] prometheus::Error),
-    /// A listener thread could not start.
-    #[error("cannot start a listener thread")]
+    /// A listener or relay thread could not start.
+    #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+}
+
+fn bind_err(what: &'static str, addr: impl ToString) -> impl FnOnce(std::io::Error) -> RunError {
+    let addr = addr.to_string();
+    move |source| RunError::Bind { what, addr, source }
 }
 
 /// Sockets bound before [`run`], so config errors and port clashes surface first.
@@ -61,6 +73,10 @@ pub enum RunError {
 pub struct Listeners {
     /// UDP sockets.
     pub udp: Vec<UdpSocket>,
+    /// TCP listeners.
+    pub tcp: Vec<std::net::TcpListener>,
+    /// Unix datagram sockets (their files are removed when dropped).
+    pub unixgram: Vec<BoundUnixgram>,
     /// The HTTP listener.
     pub web: std::net::TcpListener,
 }
@@ -72,83 +88,149 @@ impl Listeners {
         let udp = cfg
             .udp
             .iter()
-            .map(|&addr| {
-                listen::udp::bind(addr, read_buffer).map_err(|source| RunError::Bind {
-                    what: "UDP",
-                    addr,
-                    source,
-                })
+            .map(|&addr| listen::udp::bind(addr, read_buffer).map_err(bind_err("UDP", addr)))
+            .collect::<Result<_, _>>()?;
+        let tcp = cfg
+            .tcp
+            .iter()
+            .map(|&addr| std::net::TcpListener::bind(addr).map_err(bind_err("TCP", addr)))
+            .collect::<Result<_, _>>()?;
+        let unixgram = cfg
+            .unixgram
+            .iter()
+            .map(|path| {
+                listen::unixgram::bind(path, cfg.unix_mode, read_buffer)
+                    .map_err(bind_err("unixgram", path.display()))
             })
             .collect::<Result<_, _>>()?;
-        let web = std::net::TcpListener::bind(cfg.web).map_err(|source| RunError::Bind {
-            what: "HTTP",
-            addr: cfg.web,
-            source,
-        })?;
-        Ok(Self { udp, web })
+        let web = std::net::TcpListener::bind(cfg.web).map_err(bind_err("HTTP", cfg.web))?;
+        Ok(Self {
+            udp,
+            tcp,
+            unixgram,
+            web,
+        })
     }
 
     /// The bound addresses as JSON, for `--ready-file`.
     pub fn describe(&self) -> serde_json::Value {
-        let udp: Vec<String> = self
-            .udp
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .map(|a| a.to_string())
-            .collect();
-        let web = self
-            .web
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        serde_json::json!({ "udp": udp, "web": web })
+        let addrs = |it: &mut dyn Iterator<Item = std::io::Result<SocketAddr>>| -> Vec<String> {
+            it.filter_map(Result::ok).map(|a| a.to_string()).collect()
+        };
+        serde_json::json!({
+            "udp": addrs(&mut self.udp.iter().map(UdpSocket::local_addr)),
+            "tcp": addrs(&mut self.tcp.iter().map(std::net::TcpListener::local_addr)),
+            "unixgram": self.unixgram.iter().map(|u| u.path().display().to_string()).collect::<Vec<_>>(),
+            "web": self.web.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        })
     }
 }
 
-/// Runs the bridge until `shutdown` resolves, then stops the listeners, drains what they
-/// hold into the store, keeps serving the metrics page for `shutdown_grace`, and returns.
+/// The reload hook: re-reads and validates the config file. Settings that need new sockets
+/// or a new store take effect on restart; mapping rules (when they land) are what reloads.
+fn reloader(cfg: &Config, telemetry: Arc<Telemetry>) -> Box<http::ReloadFn> {
+    let path = cfg.path.clone();
+    Box::new(move || {
+        let Some(path) = &path else {
+            telemetry.reloads_ok.inc();
+            return Ok("no config file to reload (running on defaults and flags)".to_owned());
+        };
+        match Config::load(path) {
+            Ok(_) => {
+                telemetry.reloads_ok.inc();
+                tracing::info!(path = %path.display(), "Config reloaded and valid.");
+                Ok(format!(
+                    "{} is valid; listener and store settings apply on restart",
+                    path.display()
+                ))
+            }
+            Err(e) => {
+                telemetry.reloads_failed.inc();
+                tracing::error!(error = %e, "Config reload failed; keeping the running config.");
+                Err(e.to_string())
+            }
+        }
+    })
+}
+
+/// Runs the bridge until `shutdown` resolves (or `/-/quit`), then stops the listeners,
+/// drains what they hold into the store, keeps serving the metrics page for
+/// `shutdown_grace`, and returns.
 pub async fn run(
     cfg: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let bound = listeners.describe();
     let telemetry = Arc::new(Telemetry::new().map_err(RunError::Telemetry)?);
     let reserved = telemetry.reserved_names();
     let store = Arc::new(Store::new(cfg.store(), reserved.iter().map(String::as_str)));
+    let mut threads = Vec::new();
+    let relay = match cfg.relay {
+        Some(target) => {
+            let len = *cfg.bridge.relay_packet_length.get_ref();
+            let (relay, handle) =
+                Relay::start(target, len, Arc::clone(&telemetry)).map_err(RunError::Thread)?;
+            tracing::info!(%target, packet_length = len, "Relaying received lines.");
+            threads.push(handle);
+            Some(relay)
+        }
+        None => None,
+    };
     let ingester = Arc::new(Ingester::new(
         Arc::clone(&store),
         cfg.parse_options(),
         Arc::clone(&telemetry),
+        relay.clone(),
     ));
 
     let stop_listeners = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
+    let mut listener_threads = Vec::new();
     for socket in listeners.udp {
         let t = listen::udp::spawn(socket, Arc::clone(&ingester), Arc::clone(&stop_listeners))
             .map_err(RunError::Thread)?;
-        threads.push(t);
+        listener_threads.push(t);
+    }
+    for bound in listeners.unixgram {
+        let t = listen::unixgram::spawn(bound, Arc::clone(&ingester), Arc::clone(&stop_listeners))
+            .map_err(RunError::Thread)?;
+        listener_threads.push(t);
+    }
+    let tcp_stop = CancellationToken::new();
+    let tcp_tracker = TaskTracker::new();
+    let limits = listen::tcp::TcpLimits {
+        max_line: usize::try_from(cfg.bridge.max_line_length.get_ref().0).unwrap_or(usize::MAX),
+        max_connections: *cfg.bridge.max_tcp_connections.get_ref(),
+    };
+    for l in listeners.tcp {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        l.set_nonblocking(true).map_err(bind_err("TCP", &addr))?;
+        let l = tokio::net::TcpListener::from_std(l).map_err(bind_err("TCP", &addr))?;
+        tcp_tracker.spawn(listen::tcp::serve(
+            l,
+            Arc::clone(&ingester),
+            limits,
+            tcp_stop.clone(),
+            tcp_tracker.clone(),
+        ));
     }
 
+    let quit = CancellationToken::new();
     let state = Arc::new(http::State {
         ingester: Arc::clone(&ingester),
         ready: AtomicBool::new(true),
         telemetry_path: cfg.bridge.telemetry_path.get_ref().clone(),
+        openmetrics: cfg.bridge.openmetrics,
+        lifecycle: cfg.bridge.enable_lifecycle,
+        reload: reloader(&cfg, Arc::clone(&telemetry)),
+        quit: quit.clone(),
     });
-    let web_addr = cfg.web;
     listeners
         .web
         .set_nonblocking(true)
-        .map_err(|source| RunError::Bind {
-            what: "HTTP",
-            addr: web_addr,
-            source,
-        })?;
+        .map_err(bind_err("HTTP", cfg.web))?;
     let web =
-        tokio::net::TcpListener::from_std(listeners.web).map_err(|source| RunError::Bind {
-            what: "HTTP",
-            addr: web_addr,
-            source,
-        })?;
+        tokio::net::TcpListener::from_std(listeners.web).map_err(bind_err("HTTP", cfg.web))?;
     let http_stop = CancellationToken::new();
     let handler_state = Arc::clone(&state);
     let http_task = tokio::spawn(common::http::serve(
@@ -158,26 +240,42 @@ pub async fn run(
         Duration::from_secs(5),
     ));
 
-    let sweeper = (!cfg.bridge.ttl.0.is_zero()).then(|| {
+    let mut background = Vec::new();
+    if !cfg.bridge.ttl.0.is_zero() {
         let store = Arc::clone(&store);
         let telemetry = Arc::clone(&telemetry);
-        tokio::spawn(async move {
+        background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 let n = store.expire(std::time::Instant::now());
                 telemetry.series_expired.inc_by(n as u64);
             }
-        })
-    });
+        }));
+    }
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let state = Arc::clone(&state);
+        background.push(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("Received SIGHUP; reloading.");
+                let _ = (state.reload)();
+            }
+        }));
+    }
 
-    tracing::info!(udp = ?cfg.udp, web = %cfg.web, "statsd-bridge is ready.");
-    shutdown.await;
+    tracing::info!(listeners = %bound, "statsd-bridge is ready.");
+    tokio::select! {
+        () = shutdown => {}
+        () = quit.cancelled() => {}
+    }
 
     state.ready.store(false, Ordering::Relaxed);
     stop_listeners.store(true, Ordering::Relaxed);
+    tcp_stop.cancel();
+    tcp_tracker.close();
+    tcp_tracker.wait().await;
     let joined = tokio::task::spawn_blocking(move || {
-        for t in threads {
+        for t in listener_threads {
             if t.join().is_err() {
                 tracing::error!("A listener thread panicked.");
             }
@@ -187,8 +285,11 @@ pub async fn run(
     if joined.is_err() {
         tracing::error!("Waiting for the listeners failed.");
     }
-    if let Some(s) = sweeper {
-        s.abort();
+    if let Some(relay) = &relay {
+        relay.flush();
+    }
+    for task in background {
+        task.abort();
     }
     let grace = cfg.bridge.shutdown_grace.0;
     tracing::info!(
@@ -201,6 +302,7 @@ pub async fn run(
     if http_task.await.is_err() {
         tracing::error!("The HTTP server task failed.");
     }
+    drop(threads);
     tracing::info!("statsd-bridge stopped.");
     Ok(())
 }

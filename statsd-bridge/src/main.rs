@@ -10,7 +10,8 @@ use statsd_bridge::config::{BridgeConfig, Config};
 /// Config or usage error (sysexits' EX_USAGE).
 const EX_USAGE: u8 = 64;
 
-fn load(cli: &Cli, file: Option<&Path>) -> Result<Config, String> {
+/// The config from the file (or defaults) with flags applied, and the flags ignored here.
+fn load(cli: &Cli, file: Option<&Path>) -> Result<(Config, Vec<&'static str>), String> {
     let (mut bridge, src, path) = match file {
         Some(path) => {
             let cfg = Config::load(path).map_err(|e| e.to_string())?;
@@ -23,8 +24,10 @@ fn load(cli: &Cli, file: Option<&Path>) -> Result<Config, String> {
             PathBuf::from("<defaults>"),
         ),
     };
-    cli.apply(&mut bridge)?;
-    Config::validate(bridge, &src, &path).map_err(|e| e.to_string())
+    let ignored = cli.apply(&mut bridge)?;
+    let mut cfg = Config::validate(bridge, &src, &path).map_err(|e| e.to_string())?;
+    cfg.path = file.map(Path::to_path_buf);
+    Ok((cfg, ignored))
 }
 
 fn write_ready_file(path: &Path, body: &serde_json::Value) -> std::io::Result<()> {
@@ -51,13 +54,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cfg = match load(&cli, cli.config.as_deref()) {
-        Ok(cfg) if cli.check_config => {
+    let (cfg, ignored) = match load(&cli, cli.config.as_deref()) {
+        Ok(_) if cli.check_only() => {
             println!("config ok");
-            drop(cfg);
             return ExitCode::SUCCESS;
         }
-        Ok(cfg) => cfg,
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("statsd-bridge: {e}");
             return ExitCode::from(EX_USAGE);
@@ -72,6 +74,12 @@ fn main() -> ExitCode {
         return ExitCode::from(EX_USAGE);
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, "Starting statsd-bridge.");
+    for flag in ignored {
+        tracing::warn!(
+            flag,
+            "Accepted a statsd_exporter flag that has no effect here."
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

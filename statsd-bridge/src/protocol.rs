@@ -36,6 +36,10 @@ pub struct ParseOptions {
     pub librato_tags: bool,
     /// SignalFx `name[k=v]:1|c`.
     pub signalfx_tags: bool,
+    /// Tags per line at most; a line with more is rejected.
+    pub max_tags: usize,
+    /// Bytes per tag (`key:value`) at most; a line with a longer tag is rejected.
+    pub max_tag_length: usize,
 }
 
 impl Default for ParseOptions {
@@ -45,6 +49,8 @@ impl Default for ParseOptions {
             influxdb_tags: true,
             librato_tags: true,
             signalfx_tags: true,
+            max_tags: 100,
+            max_tag_length: 1024,
         }
     }
 }
@@ -280,11 +286,17 @@ pub enum ParseError {
     /// An `_sc|…` line that doesn't follow the service-check grammar.
     #[error("malformed service check")]
     MalformedServiceCheck,
+    /// More tags than `max_tags`.
+    #[error("too many tags")]
+    TooManyTags,
+    /// A tag longer than `max_tag_length`.
+    #[error("tag too long")]
+    TagTooLong,
 }
 
 impl ParseError {
     /// Every reason, for pre-registering the rejection counters.
-    pub const ALL: [ParseError; 11] = [
+    pub const ALL: [ParseError; 13] = [
         Self::InvalidUtf8,
         Self::MissingColon,
         Self::EmptyName,
@@ -296,6 +308,8 @@ impl ParseError {
         Self::MixedTagStyles,
         Self::MalformedEvent,
         Self::MalformedServiceCheck,
+        Self::TooManyTags,
+        Self::TagTooLong,
     ];
 
     /// The `reason` label of `statsd_bridge_lines_rejected_total`.
@@ -312,6 +326,8 @@ impl ParseError {
             Self::MixedTagStyles => "mixed_tag_styles",
             Self::MalformedEvent => "malformed_event",
             Self::MalformedServiceCheck => "malformed_service_check",
+            Self::TooManyTags => "too_many_tags",
+            Self::TagTooLong => "tag_too_long",
         }
     }
 }
@@ -366,10 +382,35 @@ pub fn parse_line<'a>(line: &'a [u8], opts: &ParseOptions) -> Result<Line<'a>, P
     } else {
         metric(line, opts).map(|(_, s)| Line::Metric(s))
     };
-    result.map_err(|e| match e {
+    let parsed = result.map_err(|e| match e {
         nom::Err::Error(LineError(r)) | nom::Err::Failure(LineError(r)) => r,
         nom::Err::Incomplete(_) => ParseError::MissingType,
-    })
+    })?;
+    let tags = match &parsed {
+        Line::Metric(s) => &s.tags,
+        Line::Event(e) => &e.tags,
+        Line::ServiceCheck(sc) => &sc.tags,
+    };
+    check_tag_bounds(tags, opts)?;
+    Ok(parsed)
+}
+
+/// Bounds what one line can make the store hold.
+fn check_tag_bounds(tags: &Tags<'_>, opts: &ParseOptions) -> Result<(), ParseError> {
+    let mut count = 0;
+    for tag in tags.name_side.split(',').chain(tags.dogstatsd.split(',')) {
+        if tag.is_empty() {
+            continue;
+        }
+        count += 1;
+        if count > opts.max_tags {
+            return Err(ParseError::TooManyTags);
+        }
+        if tag.len() > opts.max_tag_length {
+            return Err(ParseError::TagTooLong);
+        }
+    }
+    Ok(())
 }
 
 fn metric<'a>(input: &'a str, opts: &ParseOptions) -> IResult<'a, Sample<'a>> {
@@ -920,7 +961,12 @@ mod tests {
             let want = format!("error {}", reason.reason());
             let covered = CASES.iter().any(|(_, w)| *w == want);
             assert!(
-                covered || reason == ParseError::InvalidUtf8,
+                covered
+                    || matches!(
+                        reason,
+                        // Covered by `tag_bounds` and below.
+                        ParseError::InvalidUtf8 | ParseError::TooManyTags | ParseError::TagTooLong
+                    ),
                 "no case for {want}"
             );
         }
@@ -931,12 +977,33 @@ mod tests {
     }
 
     #[test]
+    fn tag_bounds() {
+        let opts = ParseOptions {
+            max_tags: 2,
+            max_tag_length: 5,
+            ..ParseOptions::default()
+        };
+        let parse = |l: &str| {
+            parse_line(l.as_bytes(), &opts)
+                .map(|_| ())
+                .map_err(|e| e.reason())
+        };
+        assert_eq!(parse("a:1|c|#a:1,b:2"), Ok(()));
+        assert_eq!(parse("a:1|c|#a:1,b:2,c:3"), Err("too_many_tags"));
+        assert_eq!(parse("a,x=1,y=2,z=3:1|c"), Err("too_many_tags"));
+        assert_eq!(parse("a:1|c|#abc:12"), Err("tag_too_long"));
+        assert_eq!(parse("_sc|x|0|#a:1,b:2,c:3"), Err("too_many_tags"));
+        assert_eq!(parse("a:1|c|#a:1,,,b:2"), Ok(()));
+    }
+
+    #[test]
     fn tag_styles_can_be_disabled() {
         let opts = ParseOptions {
             dogstatsd_tags: false,
             influxdb_tags: false,
             librato_tags: false,
             signalfx_tags: false,
+            ..ParseOptions::default()
         };
         let Ok(Line::Metric(s)) = parse_line(b"a,b=c:1|c|#k:v", &opts) else {
             panic!()

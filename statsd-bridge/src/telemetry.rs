@@ -86,6 +86,29 @@ pub struct Telemetry {
     pub series_expired: IntCounter,
     /// Time to build and encode a scrape.
     pub scrape_duration: Histogram,
+    lines_too_long: Vec<IntCounter>,
+    /// TCP connections accepted.
+    pub tcp_connections: IntCounter,
+    /// TCP connections open now.
+    pub tcp_connections_open: IntGauge,
+    /// TCP connections closed at once because the limit was reached.
+    pub tcp_connections_rejected: IntCounter,
+    /// TCP connections that ended with a read error.
+    pub tcp_connection_errors: IntCounter,
+    /// Lines relayed.
+    pub relay_lines: IntCounter,
+    /// Lines not relayed: queue full or send failed.
+    pub relay_lines_dropped: IntCounter,
+    /// Lines too long for one relay packet.
+    pub relay_lines_too_long: IntCounter,
+    /// Relay packets sent.
+    pub relay_packets: IntCounter,
+    /// Relay sends that failed.
+    pub relay_errors: IntCounter,
+    /// Config reloads that applied.
+    pub reloads_ok: IntCounter,
+    /// Config reloads that failed (the old config stays).
+    pub reloads_failed: IntCounter,
 }
 
 impl Telemetry {
@@ -198,6 +221,52 @@ impl Telemetry {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let too_long_vec = counter_vec(
+            "statsd_bridge_lines_too_long_total",
+            "Lines dropped for exceeding max_line_length, by transport.",
+            "transport",
+        )?;
+        let lines_too_long = Transport::ALL
+            .iter()
+            .map(|t| too_long_vec.with_label_values(&[t.as_str()]))
+            .collect();
+        let tcp_connections = counter(
+            "statsd_bridge_tcp_connections_total",
+            "TCP connections accepted.",
+        )?;
+        let tcp_connections_open = IntGauge::new(
+            "statsd_bridge_tcp_connections_open",
+            "TCP connections open now.",
+        )?;
+        registry.register(Box::new(tcp_connections_open.clone()))?;
+        let tcp_connections_rejected = counter(
+            "statsd_bridge_tcp_connections_rejected_total",
+            "TCP connections closed at once because max_tcp_connections was reached.",
+        )?;
+        let tcp_connection_errors = counter(
+            "statsd_bridge_tcp_connection_errors_total",
+            "TCP connections that ended with a read error.",
+        )?;
+        let relay_vec = counter_vec(
+            "statsd_bridge_relay_lines_total",
+            "Lines handed to the relay, by outcome.",
+            "outcome",
+        )?;
+        let relay_lines = relay_vec.with_label_values(&["relayed"]);
+        let relay_lines_dropped = relay_vec.with_label_values(&["dropped"]);
+        let relay_lines_too_long = relay_vec.with_label_values(&["too_long"]);
+        let relay_packets = counter("statsd_bridge_relay_packets_total", "Relay packets sent.")?;
+        let relay_errors = counter(
+            "statsd_bridge_relay_errors_total",
+            "Relay packet sends that failed.",
+        )?;
+        let reload_vec = counter_vec(
+            "statsd_bridge_config_reloads_total",
+            "Config reloads (SIGHUP or /-/reload), by outcome; a failed reload keeps the old config.",
+            "outcome",
+        )?;
+        let reloads_ok = reload_vec.with_label_values(&["success"]);
+        let reloads_failed = reload_vec.with_label_values(&["failure"]);
         Ok(Self {
             registry,
             transports,
@@ -213,7 +282,26 @@ impl Telemetry {
             series_created,
             series_expired,
             scrape_duration,
+            lines_too_long,
+            tcp_connections,
+            tcp_connections_open,
+            tcp_connections_rejected,
+            tcp_connection_errors,
+            relay_lines,
+            relay_lines_dropped,
+            relay_lines_too_long,
+            relay_packets,
+            relay_errors,
+            reloads_ok,
+            reloads_failed,
         })
+    }
+
+    /// Counts a line dropped for its length.
+    pub fn line_too_long(&self, t: Transport) {
+        if let Some(c) = self.lines_too_long.get(t.index()) {
+            c.inc();
+        }
     }
 
     /// Counters of one transport.

@@ -82,7 +82,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
-const CONFIG: &str = "version = 1\n[bridge]\nlisten_udp = [\"127.0.0.1:0\"]\nweb_listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n";
+const CONFIG: &str = "version = 1\n[bridge]\nlisten_udp = [\"127.0.0.1:0\"]\nlisten_tcp = []\nweb_listen = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n";
 
 #[test]
 fn sigterm_drains_serves_the_grace_period_and_exits_zero() {

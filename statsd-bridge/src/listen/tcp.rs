@@ -1,0 +1,151 @@
+//! Newline-delimited StatsD over TCP, one task per connection, with a connection cap.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::aggregate::Scratch;
+use crate::framing::LineFramer;
+use crate::ingest::Ingester;
+use crate::telemetry::Transport;
+
+/// Limits for TCP input.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// Longest accepted line, in bytes.
+    pub max_line: usize,
+    /// Open connections at most; more are closed at once and counted.
+    pub max_connections: usize,
+}
+
+/// Accepts connections until `stop`, then lets every connection drain what it has.
+pub async fn serve(
+    listener: TcpListener,
+    ingester: Arc<Ingester>,
+    limits: TcpLimits,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed; backing off.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let t = &ingester.telemetry;
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            t.tcp_connections_rejected.inc();
+            tracing::warn!(%peer, max = limits.max_connections, "Closed a TCP connection over the connection limit.");
+            drop(stream);
+            continue;
+        };
+        t.tcp_connections.inc();
+        t.tcp_connections_open.inc();
+        let ingester = Arc::clone(&ingester);
+        let stop = stop.clone();
+        let span = tracing::debug_span!("tcp", %peer);
+        tracker.spawn(
+            async move {
+                connection(stream, peer, &ingester, limits, stop).await;
+                ingester.telemetry.tcp_connections_open.dec();
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ingester: &Ingester,
+    limits: TcpLimits,
+    stop: CancellationToken,
+) {
+    let mut framer = LineFramer::new(limits.max_line);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut scratch = Scratch::default();
+    let counters = ingester.telemetry.transport(Transport::Tcp);
+    loop {
+        let read = tokio::select! {
+            () = stop.cancelled() => break,
+            r = stream.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) => {
+                take_lines(&mut framer, &mut buf, ingester, &mut scratch, true);
+                return;
+            }
+            Ok(n) => {
+                counters.packets.inc();
+                counters.bytes.inc_by(n as u64);
+                take_lines(&mut framer, &mut buf, ingester, &mut scratch, false);
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(64 * 1024);
+                }
+            }
+            Err(e) => {
+                ingester.telemetry.tcp_connection_errors.inc();
+                tracing::debug!(%peer, error = %e, "TCP read failed.");
+                return;
+            }
+        }
+    }
+    // Stopping: what the kernel already holds for this connection is read, not lost.
+    while let Ok(n) = stream.try_read_buf(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        counters.packets.inc();
+        counters.bytes.inc_by(n as u64);
+        take_lines(&mut framer, &mut buf, ingester, &mut scratch, false);
+    }
+    take_lines(&mut framer, &mut buf, ingester, &mut scratch, true);
+}
+
+fn take_lines(
+    framer: &mut LineFramer,
+    buf: &mut BytesMut,
+    ingester: &Ingester,
+    scratch: &mut Scratch,
+    at_end: bool,
+) {
+    let now = Instant::now();
+    loop {
+        let next = framer.next_line(buf);
+        let next = match next {
+            Ok(None) if at_end => framer.finish(buf),
+            other => other,
+        };
+        match next {
+            Ok(Some(line)) => {
+                if !line.is_empty() {
+                    ingester.line(&line, Transport::Tcp, scratch, now);
+                }
+            }
+            Ok(None) => return,
+            Err(_) => ingester.telemetry.line_too_long(Transport::Tcp),
+        }
+    }
+}
