@@ -65,6 +65,7 @@ impl FromStr for Duration {
             let num: f64 = num
                 .parse()
                 .map_err(|_| UnitError::MissingNumber(input.to_owned()))?;
+            let tail = tail.trim_start();
             let unit_len = tail.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
             let (unit, tail) = tail.split_at(unit_len);
             let ms_per_unit: f64 = match unit {
@@ -222,6 +223,11 @@ mod tests {
         for bad in ["", "s", "5x", "5", "1e400s", "-1s"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad} should fail");
         }
+        assert_eq!(
+            "5 parsecs".parse::<Duration>().unwrap_err().to_string(),
+            "unknown unit `parsecs` in `5 parsecs` (use ms, s, m, h or d, e.g. \"30s\")"
+        );
+        assert_eq!("5 s".parse::<Duration>().unwrap().0.as_secs(), 5);
         assert_eq!(
             Duration(std::time::Duration::from_secs(90)).to_string(),
             "90s"
