@@ -8,9 +8,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use statsd_bridge::aggregate::{Scratch, Store, StoreConfig};
+use statsd_bridge::aggregate::{Store, StoreConfig};
 use statsd_bridge::expose::encode_text;
-use statsd_bridge::ingest::ingest_line;
+use statsd_bridge::ingest::{Worker, ingest_line};
 use statsd_bridge::protocol::{ParseOptions, lines, parse_line};
 
 /// A mix of typical DogStatsD lines: plain, sampled, tagged, packed, timers, sets.
@@ -83,12 +83,12 @@ fn aggregate(c: &mut Criterion) {
     let mut g = c.benchmark_group("aggregate");
     g.throughput(Throughput::Elements(input.len() as u64));
     let store = Store::new(StoreConfig::default(), []);
-    let mut scratch = Scratch::default();
+    let mut worker = Worker::unmapped(store.config());
     let now = Instant::now();
     g.bench_function("ingest_existing_series", |b| {
         b.iter(|| {
             for l in &input {
-                black_box(ingest_line(&store, l.as_bytes(), &opts, &mut scratch, now));
+                black_box(ingest_line(&store, l.as_bytes(), &opts, &mut worker, now));
             }
         })
     });
@@ -99,7 +99,7 @@ fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     for n in [10_000usize, 100_000] {
         let store = Store::new(StoreConfig::default(), []);
-        let mut scratch = Scratch::default();
+        let mut worker = Worker::unmapped(store.config());
         let now = Instant::now();
         let opts = ParseOptions::default();
         for i in 0..n {
@@ -109,7 +109,7 @@ fn encode(c: &mut Criterion) {
                 i % 50,
                 i % 7
             );
-            ingest_line(&store, line.as_bytes(), &opts, &mut scratch, now);
+            ingest_line(&store, line.as_bytes(), &opts, &mut worker, now);
         }
         g.throughput(Throughput::Elements(n as u64));
         g.sample_size(10);

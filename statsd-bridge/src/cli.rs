@@ -54,9 +54,13 @@ pub struct Cli {
     #[arg(long = "statsd.unixsocket-mode", value_name = "MODE")]
     pub unixsocket_mode: Option<String>,
 
-    /// statsd_exporter mapping file. Not supported yet: the bridge refuses to start with it
-    /// rather than silently produce other series than statsd_exporter would.
-    #[arg(long = "statsd.mapping-config", value_name = "FILE")]
+    /// statsd_exporter mapping file (YAML), read unchanged. [bridge.mapping_file]
+    #[arg(
+        long = "mapping-config",
+        visible_alias = "statsd.mapping-config",
+        value_name = "FILE",
+        global = true
+    )]
     pub mapping_config: Option<PathBuf>,
 
     /// Receive buffer per socket in bytes (SO_RCVBUF); 0 keeps the OS default.
@@ -64,11 +68,12 @@ pub struct Cli {
     #[arg(long = "statsd.read-buffer", value_name = "BYTES")]
     pub read_buffer: Option<ByteSize>,
 
-    /// Mapping cache size (statsd_exporter); accepted and ignored: there is no mapping yet.
+    /// Mapping results cached per listener thread; 0 disables the cache.
+    /// [bridge.mapping_cache_size]
     #[arg(long = "statsd.cache-size", value_name = "N")]
-    pub cache_size: Option<u64>,
+    pub cache_size: Option<usize>,
 
-    /// Mapping cache type (statsd_exporter); accepted and ignored.
+    /// Mapping cache type: lru or random (statsd_exporter); the cache here is always an LRU.
     #[arg(long = "statsd.cache-type", value_name = "TYPE")]
     pub cache_type: Option<String>,
 
@@ -165,8 +170,8 @@ pub struct Cli {
     #[arg(long = "no-check-config")]
     pub no_check_config: bool,
 
-    /// Write the mapping FSM as Graphviz (statsd_exporter); accepted and ignored: there is
-    /// no mapping yet.
+    /// Write the glob rules' prefix tree as Graphviz dot to this file at start (statsd_exporter's
+    /// mapping FSM dump); `""` writes nothing.
     #[arg(long = "debug.dump-fsm", value_name = "FILE")]
     pub dump_fsm: Option<String>,
 }
@@ -179,6 +184,14 @@ pub enum Command {
     CheckConfig {
         /// The file to check; defaults to `--config`, else `pipeline.toml`.
         file: Option<PathBuf>,
+    },
+    /// Show what the mapping rules make of StatsD lines: the rule that matched (number and
+    /// match), the metric name, labels, type and observer, or why the line is dropped or
+    /// rejected. Reads the lines given, or standard input when there are none. Uses
+    /// `--mapping-config` or the config's mapping rules.
+    Explain {
+        /// StatsD lines, e.g. 'app.requests.200:1|c'.
+        lines: Vec<String>,
     },
 }
 
@@ -218,9 +231,18 @@ impl Cli {
             b.unixsocket_mode = Spanned::new(0..0, m.clone());
         }
         if let Some(path) = &self.mapping_config {
+            b.mapping_file = Spanned::new(0..0, path.display().to_string());
+            b.mapping = Vec::new();
+        }
+        if let Some(n) = self.cache_size {
+            b.mapping_cache_size = n;
+        }
+        if let Some(t) = &self.cache_type
+            && t != "lru"
+            && t != "random"
+        {
             return Err(format!(
-                "flag --statsd.mapping-config {}: mapping files are not supported yet",
-                path.display()
+                "flag --statsd.cache-type: `{t}` is not lru or random"
             ));
         }
         if let Some(size) = self.read_buffer {
@@ -285,8 +307,10 @@ impl Cli {
             b.log_format = f;
         }
         let ignored = [
-            (self.cache_size.is_some(), "--statsd.cache-size"),
-            (self.cache_type.is_some(), "--statsd.cache-type"),
+            (
+                self.cache_type.as_deref() == Some("random"),
+                "--statsd.cache-type=random (an LRU is used)",
+            ),
             (self.event_queue_size.is_some(), "--statsd.event-queue-size"),
             (
                 self.event_flush_threshold.is_some(),
@@ -300,7 +324,6 @@ impl Cli {
                 self.udp_packet_queue_size.is_some(),
                 "--statsd.udp-packet-queue-size",
             ),
-            (self.dump_fsm.is_some(), "--debug.dump-fsm"),
         ];
         Ok(ignored
             .iter()
@@ -393,7 +416,8 @@ mod tests {
         assert!(!b.parse_influxdb_tags && !b.parse_librato_tags && b.parse_signalfx_tags);
         assert!(b.enable_lifecycle);
         assert_eq!(b.log_format, LogFormat::Text);
-        assert_eq!(ignored.len(), 7);
+        assert_eq!(ignored.len(), 4);
+        assert_eq!(b.mapping_cache_size, 1000);
     }
 
     #[test]
@@ -410,7 +434,14 @@ mod tests {
         );
         let cli =
             Cli::try_parse_from(["statsd-bridge", "--statsd.mapping-config", "m.yml"]).unwrap();
-        assert!(cli.apply(&mut b).unwrap_err().contains("not supported yet"));
+        cli.apply(&mut b).unwrap();
+        assert_eq!(b.mapping_file.get_ref(), "m.yml");
+        let cli = Cli::try_parse_from(["statsd-bridge", "--statsd.cache-type", "fifo"]).unwrap();
+        assert!(
+            cli.apply(&mut b)
+                .unwrap_err()
+                .starts_with("flag --statsd.cache-type")
+        );
     }
 
     #[test]

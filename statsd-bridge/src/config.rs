@@ -12,6 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::aggregate::{DEFAULT_BUCKETS, ObserverType, SignedGauge, StoreConfig, SummaryOptions};
+use crate::mapping::yaml::{self, Rule as MappingRule};
+use crate::mapping::{DefaultsSpec, Mapper, MappingError, MappingSpec, MatchType};
 use crate::protocol::ParseOptions;
 
 /// The whole file as the bridge reads it: its own table, the adapter's table ignored.
@@ -49,6 +51,17 @@ pub struct BridgeConfig {
     pub max_tags: Spanned<usize>,
     /// Bytes per tag at most; a line with a longer tag is rejected (`tag_too_long`).
     pub max_tag_length: Spanned<usize>,
+    /// statsd_exporter mapping file (YAML), read unchanged; `""` for none. Reloaded on SIGHUP,
+    /// `/-/reload` and when the file changes; a bad new file keeps the old rules.
+    pub mapping_file: Spanned<String>,
+    /// Mapping rules written here instead of in a YAML file, with statsd_exporter's field
+    /// names (`match`, `name`, `labels`, `match_type`, `action`, `observer_type`, …).
+    pub mapping: Vec<Spanned<MappingRule>>,
+    /// Defaults of `[[bridge.mapping]]` rules besides the bridge's own `observer_type`,
+    /// `histogram_buckets`, `summary_*` and `ttl`.
+    pub mapping_defaults: MappingDefaults,
+    /// Mapping results cached per listener thread (an LRU); `0` disables the cache.
+    pub mapping_cache_size: usize,
     /// Forward every received line to this StatsD server (`host:port`, UDP); `""` for none.
     pub relay_address: Spanned<String>,
     /// Largest relay packet, in bytes; longer lines are not relayed.
@@ -122,6 +135,10 @@ impl Default for BridgeConfig {
             max_tcp_connections: Spanned::new(0..0, 1024),
             max_tags: Spanned::new(0..0, 100),
             max_tag_length: Spanned::new(0..0, 1024),
+            mapping_file: s(""),
+            mapping: Vec::new(),
+            mapping_defaults: MappingDefaults::default(),
+            mapping_cache_size: 1000,
             relay_address: s(""),
             relay_packet_length: Spanned::new(0..0, 1400),
             openmetrics: false,
@@ -153,6 +170,16 @@ impl Default for BridgeConfig {
     }
 }
 
+/// `[bridge.mapping_defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingDefaults {
+    /// `glob` (the default) or `regex`, for rules without `match_type`.
+    pub match_type: Option<MatchType>,
+    /// The first glob match found wins instead of the lowest rule index.
+    pub glob_disable_ordering: bool,
+}
+
 /// The config after validation, ready to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -170,6 +197,12 @@ pub struct Config {
     pub relay: Option<SocketAddr>,
     /// The file the config came from, for reloads; `None` for defaults and flags only.
     pub path: Option<PathBuf>,
+    /// The mapping rules (from `mapping_file`, `[[bridge.mapping]]`, or none), validated.
+    pub mapping: MappingSpec,
+    /// Accepted mapping settings that change nothing, to log at start.
+    pub mapping_warnings: Vec<String>,
+    /// A mapping file given by flag, which wins over the config file on reload too.
+    pub mapping_override: Option<String>,
     /// HTTP address, parsed.
     pub web: SocketAddr,
 }
@@ -347,6 +380,7 @@ impl Config {
         }
         common::telemetry::directives_for_level(bridge.log_level.get_ref(), &[])
             .map_err(|e| err(bridge.log_level.span(), "bridge.log_level", e))?;
+        let (mapping, mapping_warnings) = Self::mapping_spec(&bridge, src, path)?;
         Ok(Self {
             bridge,
             udp,
@@ -356,29 +390,59 @@ impl Config {
             relay,
             web,
             path: None,
+            mapping,
+            mapping_warnings,
+            mapping_override: None,
         })
+    }
+
+    /// Reads the mapping rules the settings name and checks they compile.
+    pub fn mapping_spec(
+        bridge: &BridgeConfig,
+        src: &str,
+        path: &Path,
+    ) -> Result<(MappingSpec, Vec<String>), ConfigError> {
+        let file = bridge.mapping_file.get_ref();
+        if !file.is_empty() && !bridge.mapping.is_empty() {
+            return Err(ConfigError::whole_file(
+                path,
+                "set either bridge.mapping_file or [[bridge.mapping]] rules, not both",
+            ));
+        }
+        let (spec, warnings) = if !file.is_empty() {
+            let mapping_path = Path::new(file);
+            let yaml = std::fs::read_to_string(mapping_path).map_err(|e| {
+                ConfigError::whole_file(mapping_path, format!("cannot read mapping file: {e}"))
+            })?;
+            yaml::parse(&yaml, mapping_path).map_err(|e| mapping_error(mapping_path, e))?
+        } else {
+            let base = crate::ingest::defaults_of(&store_config(bridge));
+            let defaults = DefaultsSpec {
+                match_type: bridge
+                    .mapping_defaults
+                    .match_type
+                    .unwrap_or(MatchType::Glob),
+                glob_disable_ordering: bridge.mapping_defaults.glob_disable_ordering,
+                ..base
+            };
+            let mut rules = Vec::new();
+            let mut warnings = Vec::new();
+            for rule in &bridge.mapping {
+                let (line, col) = common::config::line_col(src, rule.span().start);
+                let position = format!("{}:{line}:{col}", path.display());
+                let (spec, warning) = yaml::rule_spec(rule.get_ref().clone(), position);
+                rules.push(spec);
+                warnings.extend(warning);
+            }
+            (MappingSpec { defaults, rules }, warnings)
+        };
+        Mapper::compile(&spec).map_err(|e| mapping_error(path, e))?;
+        Ok((spec, warnings))
     }
 
     /// Store settings.
     pub fn store(&self) -> StoreConfig {
-        let b = &self.bridge;
-        StoreConfig {
-            observer: b.observer_type,
-            buckets: Arc::from(b.histogram_buckets.get_ref().as_slice()),
-            summary: Arc::new(SummaryOptions {
-                quantiles: b.summary_quantiles.get_ref().clone(),
-                max_age: b.summary_max_age.0,
-                age_buckets: *b.summary_age_buckets.get_ref(),
-                buf_cap: *b.summary_buf_cap.get_ref(),
-            }),
-            set_window: b.set_window.get_ref().0,
-            set_max_members: b.set_max_members,
-            signed_gauge: b.signed_gauge,
-            max_series: *b.max_series.get_ref(),
-            ttl: b.ttl.0,
-            event_family: b.event_metric.get_ref().clone(),
-            service_check_family: b.service_check_metric.get_ref().clone(),
-        }
+        store_config(&self.bridge)
     }
 
     /// Parser settings.
@@ -392,6 +456,39 @@ impl Config {
             max_tags: *b.max_tags.get_ref(),
             max_tag_length: *b.max_tag_length.get_ref(),
         }
+    }
+}
+
+/// A mapping error as a config error (the position already names the file when known).
+fn mapping_error(path: &Path, e: MappingError) -> ConfigError {
+    match e.position {
+        Some(position) => ConfigError {
+            path: PathBuf::from(position),
+            position: None,
+            field: None,
+            message: e.message,
+        },
+        None => ConfigError::whole_file(path, e.message),
+    }
+}
+
+fn store_config(b: &BridgeConfig) -> StoreConfig {
+    StoreConfig {
+        observer: b.observer_type,
+        buckets: Arc::from(b.histogram_buckets.get_ref().as_slice()),
+        summary: Arc::new(SummaryOptions {
+            quantiles: b.summary_quantiles.get_ref().clone(),
+            max_age: b.summary_max_age.0,
+            age_buckets: *b.summary_age_buckets.get_ref(),
+            buf_cap: *b.summary_buf_cap.get_ref(),
+        }),
+        set_window: b.set_window.get_ref().0,
+        set_max_members: b.set_max_members,
+        signed_gauge: b.signed_gauge,
+        max_series: *b.max_series.get_ref(),
+        ttl: b.ttl.0,
+        event_family: b.event_metric.get_ref().clone(),
+        service_check_family: b.service_check_metric.get_ref().clone(),
     }
 }
 

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::aggregate::{Outcome, Rejection, Scratch, Store};
+use crate::aggregate::{Outcome, Rejection, Scratch, Store, StoreConfig};
+use crate::mapping::{
+    CacheUse, DefaultsSpec, Mapper, MapperHandle, MatchMetricType, MatchType, Resolver,
+};
 use crate::protocol::{self, Line, MetricType, ParseError, ParseOptions};
 use crate::relay::Relay;
 use crate::telemetry::{Telemetry, Transport};
@@ -32,24 +35,89 @@ pub enum LineResult {
     Dropped(Rejection),
 }
 
-/// Parses one line and applies it to the store. Pure apart from the store.
+/// Per-thread state of a listener: key buffers and the mapping resolver with its cache.
+#[derive(Debug)]
+pub struct Worker {
+    /// Series-key buffers.
+    pub scratch: Scratch,
+    /// Mapping lookups.
+    pub resolver: Resolver,
+    /// Mapping cache hits since the counters were last taken.
+    pub cache_hits: u64,
+    /// Mapping cache misses since the counters were last taken.
+    pub cache_misses: u64,
+    name: String,
+}
+
+impl Worker {
+    /// A worker resolving names with `handle`'s rules.
+    pub fn new(handle: Arc<MapperHandle>, cache_size: usize) -> Self {
+        Self {
+            scratch: Scratch::default(),
+            resolver: Resolver::new(handle, cache_size),
+            cache_hits: 0,
+            cache_misses: 0,
+            name: String::new(),
+        }
+    }
+
+    /// A worker with no mapping rules: every line gets the store config's defaults.
+    pub fn unmapped(cfg: &StoreConfig) -> Self {
+        let mapper = Mapper::without_rules(&defaults_of(cfg));
+        Self::new(Arc::new(MapperHandle::new(mapper)), 0)
+    }
+}
+
+/// The mapping defaults equal to a store config (what unmapped lines get without a file).
+pub fn defaults_of(cfg: &StoreConfig) -> DefaultsSpec {
+    DefaultsSpec {
+        observer_type: cfg.observer,
+        match_type: MatchType::Glob,
+        glob_disable_ordering: false,
+        ttl: cfg.ttl,
+        buckets: cfg.buckets.to_vec(),
+        summary: (*cfg.summary).clone(),
+    }
+}
+
+/// Parses one line, maps its name and applies it to the store. Pure apart from the store.
 pub fn ingest_line(
     store: &Store,
     line: &[u8],
     opts: &ParseOptions,
-    scratch: &mut Scratch,
+    worker: &mut Worker,
     now: Instant,
 ) -> LineResult {
+    let scratch = &mut worker.scratch;
     match protocol::parse_line(line, opts) {
         Err(e) => LineResult::Rejected(e),
-        Ok(Line::Metric(s)) => match store.ingest_sample(&s, scratch, now) {
-            Ok(outcome) => LineResult::Accepted {
-                outcome,
-                kind: Some(s.kind),
-                rate_invalid: s.rate_invalid,
-            },
-            Err(r) => LineResult::Dropped(r),
-        },
+        Ok(Line::Metric(s)) => {
+            // Rules match the name as sent, tags removed (a mid-name SignalFx section too).
+            let name = if s.name_suffix.is_empty() {
+                s.name
+            } else {
+                worker.name.clear();
+                worker.name.push_str(s.name);
+                worker.name.push_str(s.name_suffix);
+                worker.name.as_str()
+            };
+            let (resolution, cache) = worker.resolver.resolve(name, MatchMetricType::of(s.kind));
+            match cache {
+                CacheUse::Hit => worker.cache_hits += 1,
+                CacheUse::Miss => worker.cache_misses += 1,
+            }
+            let Some(target) = resolution.target() else {
+                return LineResult::Dropped(Rejection::MappingDrop);
+            };
+            match store.ingest_sample_to(&s, &target, scratch, now) {
+                Ok(outcome) => LineResult::Accepted {
+                    outcome,
+                    kind: Some(s.kind),
+                    rate_invalid: s.rate_invalid,
+                },
+                Err(r) => LineResult::Dropped(r),
+            }
+        }
         Ok(Line::Event(e)) => match store.ingest_event(&e, scratch, now) {
             Ok(outcome) => LineResult::AcceptedEvent(outcome),
             Err(r) => LineResult::Dropped(r),
@@ -72,6 +140,10 @@ pub struct Ingester {
     pub telemetry: Arc<Telemetry>,
     /// Where received lines are forwarded, if anywhere.
     pub relay: Option<Relay>,
+    /// The mapping rules in force.
+    pub mapper: Arc<MapperHandle>,
+    /// Mapping cache entries per listener thread.
+    pub cache_size: usize,
     log_limit: RateLimit,
 }
 
@@ -82,35 +154,59 @@ impl Ingester {
         opts: ParseOptions,
         telemetry: Arc<Telemetry>,
         relay: Option<Relay>,
+        mapper: Arc<MapperHandle>,
+        cache_size: usize,
     ) -> Self {
         Self {
             store,
             opts,
             telemetry,
             relay,
+            mapper,
+            cache_size,
             log_limit: RateLimit::new(1_000),
         }
     }
 
+    /// A worker for one listener thread or connection.
+    pub fn worker(&self) -> Worker {
+        Worker::new(Arc::clone(&self.mapper), self.cache_size)
+    }
+
     /// Applies every line of a datagram (or a TCP chunk of whole lines).
-    pub fn datagram(&self, bytes: &[u8], transport: Transport, scratch: &mut Scratch) {
+    pub fn datagram(&self, bytes: &[u8], transport: Transport, worker: &mut Worker) {
         let counters = self.telemetry.transport(transport);
         counters.packets.inc();
         counters.bytes.inc_by(bytes.len() as u64);
         let now = Instant::now();
         for line in protocol::lines(bytes) {
-            self.line(line, transport, scratch, now);
+            self.line(line, transport, worker, now);
+        }
+        self.flush_counts(worker);
+    }
+
+    /// Moves a worker's local counts into the self-metrics.
+    pub fn flush_counts(&self, worker: &mut Worker) {
+        if worker.cache_hits > 0 {
+            self.telemetry
+                .mapping_cache_hits
+                .inc_by(std::mem::take(&mut worker.cache_hits));
+        }
+        if worker.cache_misses > 0 {
+            self.telemetry
+                .mapping_cache_misses
+                .inc_by(std::mem::take(&mut worker.cache_misses));
         }
     }
 
     /// Applies one line (without its line ending).
-    pub fn line(&self, line: &[u8], transport: Transport, scratch: &mut Scratch, now: Instant) {
+    pub fn line(&self, line: &[u8], transport: Transport, worker: &mut Worker, now: Instant) {
         let t = &self.telemetry;
         t.transport(transport).lines.inc();
         if let Some(relay) = &self.relay {
             relay.line(line);
         }
-        let outcome = match ingest_line(&self.store, line, &self.opts, scratch, now) {
+        let outcome = match ingest_line(&self.store, line, &self.opts, worker, now) {
             LineResult::Accepted {
                 outcome,
                 kind,

@@ -4,8 +4,10 @@
 //! - [`protocol`]: the line grammar (sans-IO, nom).
 //! - [`aggregate`]: the series store (sans-IO; time is passed in).
 //! - [`expose`]: text exposition of a store snapshot.
+//! - [`mapping`]: statsd_exporter's mapping rules (glob tree, regex, templates), sans-IO.
 //! - [`ingest`]: datagram → parser → store, with the self-metrics counted.
 //! - [`telemetry`]: the `statsd_bridge_*` self-metrics.
+//! - [`explain`]: the `explain` subcommand.
 //! - [`config`], [`cli`]: the `[bridge]` table and the flags that override it.
 //! - [`framing`]: TCP stream → bounded lines (sans-IO).
 //! - [`listen`]: sockets (the only module that touches StatsD input IO): UDP, TCP, unixgram.
@@ -16,11 +18,13 @@
 pub mod aggregate;
 pub mod cli;
 pub mod config;
+pub mod explain;
 pub mod expose;
 pub mod framing;
 pub mod http;
 pub mod ingest;
 pub mod listen;
+pub mod mapping;
 pub mod protocol;
 pub mod relay;
 pub mod telemetry;
@@ -38,6 +42,7 @@ use crate::aggregate::Store;
 use crate::config::Config;
 use crate::ingest::Ingester;
 use crate::listen::unixgram::BoundUnixgram;
+use crate::mapping::{Mapper, MapperHandle};
 use crate::relay::Relay;
 use crate::telemetry::Telemetry;
 
@@ -61,6 +66,9 @@ pub enum RunError {
     /// A listener or relay thread could not start.
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    /// The mapping rules don't compile (validated before, so only on a race with the file).
+    #[error("cannot compile the mapping rules")]
+    Mapping(#[source] mapping::MappingError),
 }
 
 fn bind_err(what: &'static str, addr: impl ToString) -> impl FnOnce(std::io::Error) -> RunError {
@@ -126,31 +134,78 @@ impl Listeners {
     }
 }
 
-/// The reload hook: re-reads and validates the config file. Settings that need new sockets
-/// or a new store take effect on restart; mapping rules (when they land) are what reloads.
-fn reloader(cfg: &Config, telemetry: Arc<Telemetry>) -> Box<http::ReloadFn> {
-    let path = cfg.path.clone();
+/// The reload hook: re-reads the config file (or, without one, the mapping file) and swaps
+/// in the new mapping rules. A bad new file keeps the old rules. Listener and store settings
+/// take effect on restart.
+fn reloader(
+    cfg: &Config,
+    telemetry: Arc<Telemetry>,
+    mapper: Arc<MapperHandle>,
+) -> Box<http::ReloadFn> {
+    let running = cfg.clone();
     Box::new(move || {
-        let Some(path) = &path else {
-            telemetry.reloads_ok.inc();
-            return Ok("no config file to reload (running on defaults and flags)".to_owned());
+        let loaded = match &running.path {
+            Some(path) => Config::load(path).and_then(|mut c| {
+                if let Some(file) = &running.mapping_override {
+                    c.bridge.mapping_file = toml::Spanned::new(0..0, file.clone());
+                    c.bridge.mapping = Vec::new();
+                    (c.mapping, c.mapping_warnings) = Config::mapping_spec(&c.bridge, "", path)?;
+                }
+                Ok(c)
+            }),
+            None => Config::mapping_spec(&running.bridge, "", std::path::Path::new("<flags>")).map(
+                |(mapping, mapping_warnings)| Config {
+                    mapping,
+                    mapping_warnings,
+                    ..running.clone()
+                },
+            ),
         };
-        match Config::load(path) {
-            Ok(_) => {
+        let compiled = loaded.map_err(|e| e.to_string()).and_then(|c| {
+            Mapper::compile(&c.mapping)
+                .map_err(|e| e.to_string())
+                .map(|m| (m, c))
+        });
+        match compiled {
+            Ok((m, c)) => {
+                let rules = m.len();
+                mapper.replace(m);
+                telemetry
+                    .mappings_loaded
+                    .set(i64::try_from(rules).unwrap_or(i64::MAX));
                 telemetry.reloads_ok.inc();
-                tracing::info!(path = %path.display(), "Config reloaded and valid.");
+                telemetry.last_reload_successful.set(1);
+                for warning in &c.mapping_warnings {
+                    tracing::warn!(warning = %warning, "Mapping setting has no effect.");
+                }
+                tracing::info!(rules, "Reloaded the mapping rules.");
                 Ok(format!(
-                    "{} is valid; listener and store settings apply on restart",
-                    path.display()
+                    "reloaded {rules} mapping rules; listener and store settings apply on restart"
                 ))
             }
             Err(e) => {
                 telemetry.reloads_failed.inc();
-                tracing::error!(error = %e, "Config reload failed; keeping the running config.");
-                Err(e.to_string())
+                telemetry.last_reload_successful.set(0);
+                tracing::error!(error = %e, "Reload failed; keeping the running rules.");
+                Err(e)
             }
         }
     })
+}
+
+/// The files whose change triggers a reload, with their last seen modification time.
+fn watched_files(cfg: &Config) -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>)> {
+    let mut files: Vec<std::path::PathBuf> = cfg.path.iter().cloned().collect();
+    if !cfg.bridge.mapping_file.get_ref().is_empty() {
+        files.push(cfg.bridge.mapping_file.get_ref().into());
+    }
+    files
+        .into_iter()
+        .map(|p| {
+            let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, t)
+        })
+        .collect()
 }
 
 /// Runs the bridge until `shutdown` resolves (or `/-/quit`), then stops the listeners,
@@ -177,11 +232,21 @@ pub async fn run(
         }
         None => None,
     };
+    let mapper = Mapper::compile(&cfg.mapping).map_err(RunError::Mapping)?;
+    telemetry
+        .mappings_loaded
+        .set(i64::try_from(mapper.len()).unwrap_or(i64::MAX));
+    for warning in &cfg.mapping_warnings {
+        tracing::warn!(warning = %warning, "Mapping setting has no effect.");
+    }
+    let mapper = Arc::new(MapperHandle::new(mapper));
     let ingester = Arc::new(Ingester::new(
         Arc::clone(&store),
         cfg.parse_options(),
         Arc::clone(&telemetry),
         relay.clone(),
+        Arc::clone(&mapper),
+        cfg.bridge.mapping_cache_size,
     ));
 
     let stop_listeners = Arc::new(AtomicBool::new(false));
@@ -222,7 +287,7 @@ pub async fn run(
         telemetry_path: cfg.bridge.telemetry_path.get_ref().clone(),
         openmetrics: cfg.bridge.openmetrics,
         lifecycle: cfg.bridge.enable_lifecycle,
-        reload: reloader(&cfg, Arc::clone(&telemetry)),
+        reload: reloader(&cfg, Arc::clone(&telemetry), Arc::clone(&mapper)),
         quit: quit.clone(),
     });
     listeners
@@ -250,6 +315,28 @@ pub async fn run(
                 tick.tick().await;
                 let n = store.expire(std::time::Instant::now());
                 telemetry.series_expired.inc_by(n as u64);
+            }
+        }));
+    }
+    let mut watched = watched_files(&cfg);
+    if !watched.is_empty() {
+        let state = Arc::clone(&state);
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let mut changed = false;
+                for (path, seen) in &mut watched {
+                    let now = std::fs::metadata(&*path).and_then(|m| m.modified()).ok();
+                    if now != *seen {
+                        *seen = now;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    tracing::info!("A config or mapping file changed; reloading.");
+                    let _ = (state.reload)();
+                }
             }
         }));
     }

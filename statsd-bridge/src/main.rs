@@ -1,5 +1,6 @@
 //! The `statsd-bridge` binary: flags and config in, [`statsd_bridge::run`] out.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,6 +28,7 @@ fn load(cli: &Cli, file: Option<&Path>) -> Result<(Config, Vec<&'static str>), S
     let ignored = cli.apply(&mut bridge)?;
     let mut cfg = Config::validate(bridge, &src, &path).map_err(|e| e.to_string())?;
     cfg.path = file.map(Path::to_path_buf);
+    cfg.mapping_override = cli.mapping_config.as_ref().map(|p| p.display().to_string());
     Ok((cfg, ignored))
 }
 
@@ -36,23 +38,44 @@ fn write_ready_file(path: &Path, body: &serde_json::Value) -> std::io::Result<()
     std::fs::rename(tmp, path)
 }
 
+fn usage_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("statsd-bridge: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig { file }) = &cli.command {
-        let file = file
-            .clone()
-            .or_else(|| cli.config.clone())
-            .unwrap_or_else(|| "pipeline.toml".into());
-        return match load(&cli, Some(&file)) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EX_USAGE)
-            }
-        };
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => {
+            let file = file
+                .clone()
+                .or_else(|| cli.config.clone())
+                .unwrap_or_else(|| "pipeline.toml".into());
+            return match load(&cli, Some(&file)) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(e),
+            };
+        }
+        Some(Command::Explain { lines }) => {
+            let cfg = match load(&cli, cli.config.as_deref()) {
+                Ok((cfg, _)) => cfg,
+                Err(e) => return usage_error(e),
+            };
+            let input: Box<dyn Iterator<Item = String>> = if lines.is_empty() {
+                Box::new(std::io::stdin().lock().lines().map_while(Result::ok))
+            } else {
+                Box::new(lines.clone().into_iter())
+            };
+            return match statsd_bridge::explain::explain(&cfg, input, &mut std::io::stdout().lock())
+            {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => usage_error(e),
+            };
+        }
+        None => {}
     }
     let (cfg, ignored) = match load(&cli, cli.config.as_deref()) {
         Ok(_) if cli.check_only() => {
@@ -60,18 +83,14 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("statsd-bridge: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(e) => return usage_error(e),
     };
     let directives = common::telemetry::directives_for_level(
         cfg.bridge.log_level.get_ref(),
         &["statsd_bridge", "common"],
     );
     if let Err(e) = directives.and_then(|d| common::telemetry::init(&d, cfg.bridge.log_format)) {
-        eprintln!("statsd-bridge: {e}");
-        return ExitCode::from(EX_USAGE);
+        return usage_error(e);
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, "Starting statsd-bridge.");
     for flag in ignored {
@@ -79,6 +98,15 @@ fn main() -> ExitCode {
             flag,
             "Accepted a statsd_exporter flag that has no effect here."
         );
+    }
+    if let Some(path) = cli.dump_fsm.as_deref().filter(|p| !p.is_empty()) {
+        let dot = statsd_bridge::mapping::Mapper::compile(&cfg.mapping).map(|m| m.glob_dot());
+        if let Err(e) = dot
+            .map_err(|e| e.to_string())
+            .and_then(|d| std::fs::write(path, d).map_err(|e| e.to_string()))
+        {
+            tracing::error!(path, error = %e, "Cannot write the mapping FSM dump.");
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -109,6 +109,14 @@ pub struct Telemetry {
     pub reloads_ok: IntCounter,
     /// Config reloads that failed (the old config stays).
     pub reloads_failed: IntCounter,
+    /// 1 when the last reload applied, 0 when it failed.
+    pub last_reload_successful: IntGauge,
+    /// Mapping rules loaded.
+    pub mappings_loaded: IntGauge,
+    /// Mapping lookups answered from the cache.
+    pub mapping_cache_hits: IntCounter,
+    /// Mapping lookups computed.
+    pub mapping_cache_misses: IntCounter,
 }
 
 impl Telemetry {
@@ -267,6 +275,22 @@ impl Telemetry {
         )?;
         let reloads_ok = reload_vec.with_label_values(&["success"]);
         let reloads_failed = reload_vec.with_label_values(&["failure"]);
+        let last_reload_successful = IntGauge::new(
+            "statsd_bridge_config_last_reload_successful",
+            "1 when the last config or mapping reload applied, 0 when it failed.",
+        )?;
+        registry.register(Box::new(last_reload_successful.clone()))?;
+        last_reload_successful.set(1);
+        let mappings_loaded = IntGauge::new("statsd_bridge_mappings", "Mapping rules loaded.")?;
+        registry.register(Box::new(mappings_loaded.clone()))?;
+        let mapping_cache_hits = counter(
+            "statsd_bridge_mapping_cache_hits_total",
+            "Mapping lookups answered from a listener's cache.",
+        )?;
+        let mapping_cache_misses = counter(
+            "statsd_bridge_mapping_cache_misses_total",
+            "Mapping lookups computed from the rules.",
+        )?;
         Ok(Self {
             registry,
             transports,
@@ -294,6 +318,10 @@ impl Telemetry {
             relay_errors,
             reloads_ok,
             reloads_failed,
+            last_reload_successful,
+            mappings_loaded,
+            mapping_cache_hits,
+            mapping_cache_misses,
         })
     }
 

@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use statsd_bridge::aggregate::{ObserverType, Scratch, Store, StoreConfig};
+use statsd_bridge::aggregate::{ObserverType, Store, StoreConfig};
 use statsd_bridge::expose::{Format, encode};
-use statsd_bridge::ingest::ingest_line;
+use statsd_bridge::ingest::{Worker, ingest_line};
 use statsd_bridge::protocol::{ParseOptions, lines, parse_line};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,10 +21,10 @@ fuzz_target!(|data: &[u8]| {
         ObserverType::Histogram
     };
     let store = Store::new(StoreConfig { observer, max_series: 1000, ..StoreConfig::default() }, ["reserved_name"]);
-    let mut scratch = Scratch::default();
+    let mut worker = Worker::unmapped(store.config());
     let now = Instant::now();
     for line in lines(data) {
-        let _ = ingest_line(&store, line, &opts, &mut scratch, now);
+        let _ = ingest_line(&store, line, &opts, &mut worker, now);
     }
     for format in [Format::Text, Format::OpenMetrics] {
         let mut out = String::new();

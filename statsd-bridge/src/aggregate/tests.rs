@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::expose::encode_text;
-use crate::ingest::{LineResult, ingest_line};
+use crate::ingest::{LineResult, Worker, ingest_line};
 use crate::protocol::{ParseOptions, lines};
 
 fn store(cfg: StoreConfig) -> Store {
@@ -13,9 +13,9 @@ fn store(cfg: StoreConfig) -> Store {
 }
 
 fn feed(store: &Store, datagram: &str, now: Instant) -> Vec<LineResult> {
-    let mut scratch = Scratch::default();
+    let mut worker = Worker::unmapped(store.config());
     lines(datagram.as_bytes())
-        .map(|l| ingest_line(store, l, &ParseOptions::default(), &mut scratch, now))
+        .map(|l| ingest_line(store, l, &ParseOptions::default(), &mut worker, now))
         .collect()
 }
 

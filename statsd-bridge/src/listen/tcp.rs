@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::aggregate::Scratch;
 use crate::framing::LineFramer;
 use crate::ingest::Ingester;
 use crate::telemetry::Transport;
@@ -85,7 +84,7 @@ async fn connection(
 ) {
     let mut framer = LineFramer::new(limits.max_line);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut scratch = Scratch::default();
+    let mut worker = ingester.worker();
     let counters = ingester.telemetry.transport(Transport::Tcp);
     loop {
         let read = tokio::select! {
@@ -94,13 +93,13 @@ async fn connection(
         };
         match read {
             Ok(0) => {
-                take_lines(&mut framer, &mut buf, ingester, &mut scratch, true);
+                take_lines(&mut framer, &mut buf, ingester, &mut worker, true);
                 return;
             }
             Ok(n) => {
                 counters.packets.inc();
                 counters.bytes.inc_by(n as u64);
-                take_lines(&mut framer, &mut buf, ingester, &mut scratch, false);
+                take_lines(&mut framer, &mut buf, ingester, &mut worker, false);
                 if buf.capacity() - buf.len() < 4096 {
                     buf.reserve(64 * 1024);
                 }
@@ -119,16 +118,16 @@ async fn connection(
         }
         counters.packets.inc();
         counters.bytes.inc_by(n as u64);
-        take_lines(&mut framer, &mut buf, ingester, &mut scratch, false);
+        take_lines(&mut framer, &mut buf, ingester, &mut worker, false);
     }
-    take_lines(&mut framer, &mut buf, ingester, &mut scratch, true);
+    take_lines(&mut framer, &mut buf, ingester, &mut worker, true);
 }
 
 fn take_lines(
     framer: &mut LineFramer,
     buf: &mut BytesMut,
     ingester: &Ingester,
-    scratch: &mut Scratch,
+    worker: &mut crate::ingest::Worker,
     at_end: bool,
 ) {
     let now = Instant::now();
@@ -141,10 +140,13 @@ fn take_lines(
         match next {
             Ok(Some(line)) => {
                 if !line.is_empty() {
-                    ingester.line(&line, Transport::Tcp, scratch, now);
+                    ingester.line(&line, Transport::Tcp, worker, now);
                 }
             }
-            Ok(None) => return,
+            Ok(None) => {
+                ingester.flush_counts(worker);
+                return;
+            }
             Err(_) => ingester.telemetry.line_too_long(Transport::Tcp),
         }
     }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::aggregate::Scratch;
 use crate::ingest::Ingester;
 use crate::telemetry::Transport;
 
@@ -50,11 +49,11 @@ pub fn spawn(
     );
     std::thread::Builder::new().name(name).spawn(move || {
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut scratch = Scratch::default();
+        let mut worker = ingester.worker();
         while !stop.load(Ordering::Relaxed) {
             match socket.recv(&mut buf) {
                 Ok(n) => {
-                    ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut scratch)
+                    ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut worker)
                 }
                 Err(e)
                     if matches!(
@@ -73,7 +72,7 @@ pub fn spawn(
         let mut drained = 0u64;
         if socket.set_nonblocking(true).is_ok() {
             while let Ok(n) = socket.recv(&mut buf) {
-                ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut scratch);
+                ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut worker);
                 drained += 1;
             }
         }

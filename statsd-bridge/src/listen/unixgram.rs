@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::aggregate::Scratch;
 use crate::ingest::Ingester;
 use crate::telemetry::Transport;
 
@@ -92,13 +91,13 @@ pub fn spawn(
         .name("unixgram".into())
         .spawn(move || {
             let mut buf = vec![0u8; MAX_DATAGRAM];
-            let mut scratch = Scratch::default();
+            let mut worker = ingester.worker();
             while !stop.load(Ordering::Relaxed) {
                 match bound.socket.recv(&mut buf) {
                     Ok(n) => ingester.datagram(
                         buf.get(..n).unwrap_or(&[]),
                         Transport::Unixgram,
-                        &mut scratch,
+                        &mut worker,
                     ),
                     Err(e)
                         if matches!(
@@ -118,7 +117,7 @@ pub fn spawn(
                     ingester.datagram(
                         buf.get(..n).unwrap_or(&[]),
                         Transport::Unixgram,
-                        &mut scratch,
+                        &mut worker,
                     );
                 }
             }
