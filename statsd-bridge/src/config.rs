@@ -489,6 +489,7 @@ fn store_config(b: &BridgeConfig) -> StoreConfig {
         ttl: b.ttl.0,
         event_family: b.event_metric.get_ref().clone(),
         service_check_family: b.service_check_metric.get_ref().clone(),
+        openmetrics: b.openmetrics,
     }
 }
 

@@ -77,9 +77,9 @@ pub fn encode(snapshot: &Snapshot, format: Format, out: &mut String) {
             counter_name.clear();
             counter_name.push_str(name.strip_suffix("_total").unwrap_or(name));
             counter_name.push_str("_total");
-            encode_series(series, &counter_name, out);
+            encode_series(series, &counter_name, format, out);
         } else {
-            encode_series(series, name, out);
+            encode_series(series, name, format, out);
         }
     }
 }
@@ -182,7 +182,11 @@ fn write_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, &'a
     }
 }
 
-fn encode_series(series: &SeriesSnapshot, name: &str, out: &mut String) {
+fn encode_series(series: &SeriesSnapshot, name: &str, format: Format, out: &mut String) {
+    // OpenMetrics treats `_sum` as counter-like: it can't be negative (or NaN), and `_count`
+    // goes with it; with negative observations both are left out (the `+Inf` bucket still
+    // carries the count of a histogram).
+    let sum_ok = |sum: f64| format == Format::Text || sum >= 0.0;
     match &series.value {
         Value::Counter(v) | Value::Gauge(v) => sample(out, name, "", series, None, *v),
         Value::Histogram {
@@ -200,8 +204,10 @@ fn encode_series(series: &SeriesSnapshot, name: &str, out: &mut String) {
                 }
                 sample(out, name, "_bucket", series, Some(("le", &le)), *c);
             }
-            sample(out, name, "_sum", series, None, *sum);
-            sample(out, name, "_count", series, None, *count);
+            if sum_ok(*sum) {
+                sample(out, name, "_sum", series, None, *sum);
+                sample(out, name, "_count", series, None, *count);
+            }
         }
         Value::Summary {
             quantiles,
@@ -214,8 +220,10 @@ fn encode_series(series: &SeriesSnapshot, name: &str, out: &mut String) {
                 write_f64(&mut q, *quantile);
                 sample(out, name, "", series, Some(("quantile", &q)), *v);
             }
-            sample(out, name, "_sum", series, None, *sum);
-            sample(out, name, "_count", series, None, *count);
+            if sum_ok(*sum) {
+                sample(out, name, "_sum", series, None, *sum);
+                sample(out, name, "_count", series, None, *count);
+            }
         }
     }
 }

@@ -146,7 +146,13 @@ async fn metrics(state: &State, headers: &HeaderMap) -> Response<Body> {
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let method = req.method();
-    if (path == "/-/reload" || path == "/-/quit") && state.lifecycle {
+    if (path == "/-/reload" || path == "/-/quit") && !state.lifecycle {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found (lifecycle endpoints are disabled)\n",
+        );
+    }
+    if path == "/-/reload" || path == "/-/quit" {
         if method != Method::POST && method != Method::PUT {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST or PUT\n");
         }

@@ -380,11 +380,14 @@ impl Telemetry {
             .iter()
             .flat_map(|f| {
                 let n = f.name();
+                // The OpenMetrics family name of a counter too (`x` for `x_total`).
+                let om = n.strip_suffix("_total").unwrap_or(n);
                 [
                     n.to_owned(),
                     format!("{n}_sum"),
                     format!("{n}_count"),
                     format!("{n}_bucket"),
+                    om.to_owned(),
                 ]
             })
             .collect()

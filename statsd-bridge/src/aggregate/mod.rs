@@ -81,6 +81,9 @@ pub struct StoreConfig {
     pub event_family: String,
     /// Family name for DogStatsD service checks (a gauge).
     pub service_check_family: String,
+    /// Refuse names that would clash once written as OpenMetrics (`x` and `x_total`
+    /// counters are one family there).
+    pub openmetrics: bool,
 }
 
 impl Default for StoreConfig {
@@ -96,6 +99,7 @@ impl Default for StoreConfig {
             ttl: Duration::ZERO,
             event_family: "statsd_events_total".to_owned(),
             service_check_family: "statsd_service_check_status".to_owned(),
+            openmetrics: false,
         }
     }
 }
@@ -149,15 +153,6 @@ impl Kind {
             Self::Histogram => "histogram",
             Self::Summary => "summary",
             Self::Reserved => "untyped",
-        }
-    }
-
-    /// Series names this family writes besides its own name.
-    fn suffixes(self) -> &'static [&'static str] {
-        match self {
-            Self::Histogram => &["_bucket", "_sum", "_count"],
-            Self::Summary => &["_sum", "_count"],
-            _ => &[],
         }
     }
 }
@@ -288,7 +283,31 @@ pub struct Family {
     pub kind: Kind,
     /// Its `# HELP` text.
     pub help: Arc<str>,
+    /// Live series; a family whose last series expires is forgotten.
+    series: Arc<AtomicUsize>,
 }
+
+/// Every sample and family name a family writes, which no other family may write.
+fn emitted_names(name: &str, kind: Kind, openmetrics: bool) -> Vec<String> {
+    let with = |suffix: &str| format!("{name}{suffix}");
+    match kind {
+        Kind::Counter if openmetrics => {
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            vec![family.to_owned(), format!("{family}_total")]
+        }
+        Kind::Histogram => vec![
+            name.to_owned(),
+            with("_bucket"),
+            with("_sum"),
+            with("_count"),
+        ],
+        Kind::Summary => vec![name.to_owned(), with("_sum"), with("_count")],
+        _ => vec![name.to_owned()],
+    }
+}
+
+/// The owner of reserved names in the name registry.
+const RESERVED_OWNER: &str = "";
 
 /// The series store.
 #[derive(Debug)]
@@ -297,8 +316,9 @@ pub struct Store {
     epoch: Instant,
     series: DashMap<Arc<[u8]>, Series>,
     families: Arc<DashMap<Box<str>, Family>>,
-    /// New families are rare; one lock keeps the collision checks atomic.
-    family_lock: std::sync::Mutex<()>,
+    /// New families are rare; one lock over the name registry (every written name → the
+    /// family that writes it) keeps the collision checks atomic.
+    names: std::sync::Mutex<std::collections::HashMap<Box<str>, Box<str>>>,
     len: AtomicUsize,
     /// Set once any series has a TTL, so the sweep costs nothing otherwise.
     any_ttl: std::sync::atomic::AtomicBool,
@@ -313,21 +333,24 @@ impl Store {
     /// An empty store; `reserved` are names (the bridge's own metrics) user lines can't use.
     pub fn new<'r>(cfg: StoreConfig, reserved: impl IntoIterator<Item = &'r str>) -> Self {
         let families = DashMap::new();
+        let mut names = std::collections::HashMap::new();
         for name in reserved {
             families.insert(
                 Box::from(name),
                 Family {
                     kind: Kind::Reserved,
                     help: Arc::from(""),
+                    series: Arc::new(AtomicUsize::new(0)),
                 },
             );
+            names.insert(Box::from(name), Box::from(RESERVED_OWNER));
         }
         Self {
             cfg,
             epoch: Instant::now(),
             series: DashMap::new(),
             families: Arc::new(families),
-            family_lock: std::sync::Mutex::new(()),
+            names: std::sync::Mutex::new(names),
             len: AtomicUsize::new(0),
             any_ttl: std::sync::atomic::AtomicBool::new(false),
         }
@@ -494,10 +517,11 @@ impl Store {
             series.last_seen = seen;
             return Ok((self.update(&mut series.cell, updates, now)?, false));
         }
-        self.check_family(scratch.name(), kind, target.help)?;
+        // The cap comes first so a storm of new names can't grow the family registry either.
         if self.len() >= self.cfg.max_series {
             return Err(Rejection::SeriesLimit);
         }
+        let family = self.check_family(scratch.name(), kind, target.help)?;
         match self.series.entry(Arc::from(scratch.key.as_slice())) {
             Entry::Occupied(mut e) => {
                 let series = e.get_mut();
@@ -518,6 +542,7 @@ impl Store {
                     ttl,
                 });
                 self.len.fetch_add(1, Ordering::Relaxed);
+                family.fetch_add(1, Ordering::Relaxed);
                 Ok((n, true))
             }
         }
@@ -590,47 +615,40 @@ impl Store {
         Ok(n)
     }
 
-    /// Makes sure `name` may hold a family of `kind`, registering it if new.
-    fn check_family(&self, name: &str, kind: Kind, help: Option<&str>) -> Result<(), Rejection> {
+    /// Makes sure `name` may hold a family of `kind`, registering it if new; returns the
+    /// family's live-series counter.
+    fn check_family(
+        &self,
+        name: &str,
+        kind: Kind,
+        help: Option<&str>,
+    ) -> Result<Arc<AtomicUsize>, Rejection> {
+        let existing = |f: &Family| match f.kind {
+            k if k == kind => Ok(Arc::clone(&f.series)),
+            Kind::Reserved => Err(Rejection::ReservedName),
+            _ => Err(Rejection::TypeConflict),
+        };
         if let Some(f) = self.families.get(name) {
-            return match f.kind {
-                k if k == kind => Ok(()),
-                Kind::Reserved => Err(Rejection::ReservedName),
-                _ => Err(Rejection::TypeConflict),
-            };
+            return existing(&f);
         }
-        let _guard = self
-            .family_lock
+        let mut names = self
+            .names
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(f) = self.families.get(name) {
-            return if f.kind == kind {
-                Ok(())
-            } else {
-                Err(Rejection::TypeConflict)
-            };
+            return existing(&f);
         }
-        let mut probe = String::with_capacity(name.len() + 8);
-        // Our own `_sum`/`_count`/`_bucket` must not be someone else's family…
-        for suffix in kind.suffixes() {
-            probe.clear();
-            probe.push_str(name);
-            probe.push_str(suffix);
-            if let Some(f) = self.families.get(probe.as_str()) {
-                return Err(if f.kind == Kind::Reserved {
+        let emitted = emitted_names(name, kind, self.cfg.openmetrics);
+        if emitted.iter().any(|n| n.is_empty() || n == "_total") {
+            return Err(Rejection::EmptyName);
+        }
+        for n in &emitted {
+            if let Some(owner) = names.get(n.as_str()) {
+                return Err(if owner.as_ref() == RESERVED_OWNER {
                     Rejection::ReservedName
                 } else {
                     Rejection::NameCollision
                 });
-            }
-        }
-        // …and our name must not be another family's suffixed series.
-        for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(base) = name.strip_suffix(suffix)
-                && let Some(f) = self.families.get(base)
-                && f.kind.suffixes().contains(&suffix)
-            {
-                return Err(Rejection::NameCollision);
             }
         }
         let help = if let Some(help) = help {
@@ -642,29 +660,63 @@ impl Store {
         } else {
             HELP_AUTO
         };
-        self.families.insert(
-            Box::from(name),
-            Family {
-                kind,
-                help: Arc::from(help),
-            },
-        );
-        Ok(())
+        for n in emitted {
+            names.insert(n.into_boxed_str(), Box::from(name));
+        }
+        let series = Arc::new(AtomicUsize::new(0));
+        let family = Family {
+            kind,
+            help: Arc::from(help),
+            series: Arc::clone(&series),
+        };
+        self.families.insert(Box::from(name), family);
+        Ok(series)
     }
 
-    /// Drops series idle for longer than their TTL; returns how many went.
+    /// Families registered (the bridge's reserved names included).
+    pub fn family_count(&self) -> usize {
+        self.families.len()
+    }
+
+    /// Drops series idle for longer than their TTL, and families left without series;
+    /// returns how many series went.
     pub fn expire(&self, now: Instant) -> usize {
         if !self.any_ttl.load(Ordering::Relaxed) {
             return 0;
         }
         let seconds = self.seconds(now);
         let mut removed = 0;
-        self.series.retain(|_, s| {
-            let keep = s.ttl == 0 || seconds.saturating_sub(s.last_seen) < s.ttl;
-            removed += usize::from(!keep);
+        let mut emptied: Vec<Box<str>> = Vec::new();
+        self.series.retain(|key, s| {
+            let keep = s.ttl == 0 || seconds.saturating_sub(s.last_seen) <= s.ttl;
+            if !keep {
+                removed += 1;
+                let name = family_name(key);
+                if let Some(f) = self.families.get(name)
+                    && f.series.fetch_sub(1, Ordering::Relaxed) == 1
+                {
+                    emptied.push(Box::from(name));
+                }
+            }
             keep
         });
         self.len.fetch_sub(removed, Ordering::Relaxed);
+        if !emptied.is_empty() {
+            let mut names = self
+                .names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for name in emptied {
+                let gone = self.families.remove_if(name.as_ref(), |_, f| {
+                    f.kind != Kind::Reserved && f.series.load(Ordering::Relaxed) == 0
+                });
+                if let Some((_, f)) = gone {
+                    for n in emitted_names(&name, f.kind, self.cfg.openmetrics) {
+                        names.remove(n.as_str());
+                    }
+                }
+            }
+        }
         removed
     }
 
@@ -869,18 +921,21 @@ pub struct SeriesSnapshot {
     pub value: Value,
 }
 
+/// The family name at the start of an encoded series key.
+fn family_name(key: &[u8]) -> &str {
+    let end = key
+        .iter()
+        .position(|b| *b == KEY_NAME_END)
+        .unwrap_or(key.len());
+    key.get(..end)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("")
+}
+
 impl SeriesSnapshot {
     /// The family name.
     pub fn name(&self) -> &str {
-        let end = self
-            .key
-            .iter()
-            .position(|b| *b == KEY_NAME_END)
-            .unwrap_or(self.key.len());
-        self.key
-            .get(..end)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
+        family_name(&self.key)
     }
 
     /// Labels, sorted by name.

@@ -412,3 +412,112 @@ proptest::proptest! {
         parse_page(&text);
     }
 }
+
+#[test]
+fn a_series_updated_every_second_never_expires_with_a_one_second_ttl() {
+    let s = store(StoreConfig {
+        ttl: Duration::from_secs(1),
+        ..StoreConfig::default()
+    });
+    let t0 = Instant::now();
+    for i in 0..10 {
+        let now = t0 + Duration::from_millis(900 * i);
+        feed(&s, "busy:1|c", now);
+        assert_eq!(s.expire(now), 0, "expired at step {i}");
+    }
+    assert_eq!(parse_page(&page(&s, t0))["busy{}"], 10.0);
+    assert_eq!(s.expire(t0 + Duration::from_secs(20)), 1);
+}
+
+#[test]
+fn a_storm_of_new_names_past_the_cap_registers_no_family() {
+    let s = store(StoreConfig {
+        max_series: 10,
+        ..StoreConfig::default()
+    });
+    let now = Instant::now();
+    let before = s.family_count();
+    for i in 0..1000 {
+        feed(&s, &format!("storm_{i}:1|c"), now);
+    }
+    assert_eq!(s.len(), 10);
+    assert_eq!(s.family_count(), before + 10);
+}
+
+#[test]
+fn expired_families_are_forgotten_and_their_names_freed() {
+    let s = store(StoreConfig {
+        ttl: Duration::from_secs(1),
+        ..StoreConfig::default()
+    });
+    let t0 = Instant::now();
+    feed(&s, "x:1|c", t0);
+    let before = s.family_count();
+    assert_eq!(s.expire(t0 + Duration::from_secs(5)), 1);
+    assert_eq!(s.family_count(), before - 1);
+    // The name is free again, even for another type.
+    let r = feed(&s, "x:1|g", t0 + Duration::from_secs(6));
+    assert!(matches!(r[0], LineResult::Accepted { .. }), "{r:?}");
+}
+
+#[test]
+fn openmetrics_mode_refuses_names_that_would_clash_there() {
+    let s = store(StoreConfig {
+        openmetrics: true,
+        ..StoreConfig::default()
+    });
+    let now = Instant::now();
+    let r = feed(
+        &s,
+        "dup:1|c\ndup_total:1|c\ng_total:1|g\ng:1|c\n_total:1|c\nh:1|h\nh_count:1|c",
+        now,
+    );
+    let dropped: Vec<&str> = r
+        .iter()
+        .filter_map(|r| match r {
+            LineResult::Dropped(r) => Some(r.reason()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dropped,
+        [
+            "name_collision",
+            "name_collision",
+            "empty_metric_name",
+            "name_collision"
+        ]
+    );
+    // In text mode the first two are distinct families, as in statsd_exporter.
+    let text = store(StoreConfig::default());
+    let r = feed(&text, "dup:1|c\ndup_total:1|c", now);
+    assert!(
+        r.iter().all(|r| matches!(r, LineResult::Accepted { .. })),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn openmetrics_page_leaves_out_negative_sums() {
+    let s = store(StoreConfig {
+        openmetrics: true,
+        ..StoreConfig::default()
+    });
+    let now = Instant::now();
+    feed(&s, "neg:-5|h\npos:5|h", now);
+    let mut om = String::new();
+    crate::expose::encode(
+        &s.snapshot(now),
+        crate::expose::Format::OpenMetrics,
+        &mut om,
+    );
+    assert!(
+        !om.contains("neg_sum") && !om.contains("neg_count") && om.contains("pos_sum 5"),
+        "{om}"
+    );
+    assert!(om.contains("neg_bucket{le=\"+Inf\"} 1"), "{om}");
+    assert!(
+        page(&s, now).contains("neg_sum -5"),
+        "the text format keeps it"
+    );
+}

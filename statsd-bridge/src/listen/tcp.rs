@@ -112,7 +112,10 @@ async fn connection(
         }
     }
     // Stopping: what the kernel already holds for this connection is read, not lost.
-    while let Ok(n) = stream.try_read_buf(&mut buf) {
+    let deadline = Instant::now() + super::DRAIN_BUDGET;
+    while Instant::now() < deadline
+        && let Ok(n) = stream.try_read_buf(&mut buf)
+    {
         if n == 0 {
             break;
         }

@@ -70,8 +70,11 @@ pub fn spawn(
         }
         // Whatever the kernel accepted before the stop is ingested, not lost.
         let mut drained = 0u64;
+        let deadline = std::time::Instant::now() + super::DRAIN_BUDGET;
         if socket.set_nonblocking(true).is_ok() {
-            while let Ok(n) = socket.recv(&mut buf) {
+            while std::time::Instant::now() < deadline
+                && let Ok(n) = socket.recv(&mut buf)
+            {
                 ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut worker);
                 drained += 1;
             }

@@ -112,8 +112,11 @@ pub fn spawn(
                     }
                 }
             }
+            let deadline = std::time::Instant::now() + super::DRAIN_BUDGET;
             if bound.socket.set_nonblocking(true).is_ok() {
-                while let Ok(n) = bound.socket.recv(&mut buf) {
+                while std::time::Instant::now() < deadline
+                    && let Ok(n) = bound.socket.recv(&mut buf)
+                {
                     ingester.datagram(
                         buf.get(..n).unwrap_or(&[]),
                         Transport::Unixgram,
