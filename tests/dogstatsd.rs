@@ -11,6 +11,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
@@ -19,10 +20,19 @@ use serde_json::{Value, json};
 
 use crate::util::{python, tests_dir};
 
-/// A sender of DogStatsD operations to one UDP address.
+/// A sender of DogStatsD operations to one UDP address or unix datagram socket.
 #[derive(Debug, Clone)]
 pub struct DogStatsd {
-    target: SocketAddr,
+    target: Target,
+}
+
+/// Where the client sends.
+#[derive(Debug, Clone)]
+enum Target {
+    /// `DogStatsd(host=…, port=…)`.
+    Udp(SocketAddr),
+    /// `DogStatsd(socket_path=…)`.
+    Unix(PathBuf),
 }
 
 #[derive(Deserialize)]
@@ -39,7 +49,16 @@ struct SentDatagram {
 impl DogStatsd {
     /// A sender to `target` (the bridge's UDP listener).
     pub fn new(target: SocketAddr) -> Self {
-        Self { target }
+        Self {
+            target: Target::Udp(target),
+        }
+    }
+
+    /// A sender to the unix datagram socket at `path` (the client's `socket_path=`).
+    pub fn unix(path: &Path) -> Self {
+        Self {
+            target: Target::Unix(path.to_path_buf()),
+        }
     }
 
     /// Runs `send.py` with `ops` (see the [`op`] builders) and returns the exact datagrams the
@@ -47,12 +66,16 @@ impl DogStatsd {
     pub fn send(&self, ops: &[Value]) -> Result<Vec<String>> {
         let script = tests_dir().join("py/send.py");
         let mut cmd = Command::new(python());
-        cmd.arg(&script)
-            .arg("--host")
-            .arg(self.target.ip().to_string())
-            .arg("--port")
-            .arg(self.target.port().to_string())
-            .stdin(Stdio::piped())
+        cmd.arg(&script);
+        match &self.target {
+            Target::Udp(addr) => cmd
+                .arg("--host")
+                .arg(addr.ip().to_string())
+                .arg("--port")
+                .arg(addr.port().to_string()),
+            Target::Unix(path) => cmd.arg("--socket-path").arg(path),
+        };
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, _) in std::env::vars_os() {

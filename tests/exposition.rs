@@ -190,9 +190,6 @@ fn parse_labels<'a>(mut s: &'a str, labels: &mut BTreeMap<String, String>) -> Re
 ///
 /// That parser names counter samples `<family>_total` even when the line has no suffix.
 pub fn parse_with_python_client(text: &str) -> Result<Vec<Series>> {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-
     #[derive(serde::Deserialize)]
     struct PySample {
         name: String,
@@ -200,29 +197,9 @@ pub fn parse_with_python_client(text: &str) -> Result<Vec<Series>> {
         value: String,
     }
 
-    let script = crate::util::tests_dir().join("py/parse_exposition.py");
-    let mut child = Command::new(crate::util::python())
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {}", script.display()))?;
-    let mut stdin = child.stdin.take().context("parse_exposition.py stdin")?;
-    let input = text.to_owned();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let output = child
-        .wait_with_output()
-        .context("waiting for parse_exposition.py")?;
-    let _ = writer.join();
-    anyhow::ensure!(
-        output.status.success(),
-        "prometheus_client could not parse the exposition ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_python_parser("py/parse_exposition.py", text, "prometheus_client")?;
     let samples: Vec<PySample> =
-        serde_json::from_slice(&output.stdout).context("parsing parse_exposition.py output")?;
+        serde_json::from_slice(&stdout).context("parsing parse_exposition.py output")?;
     samples
         .into_iter()
         .map(|s| {
@@ -233,6 +210,91 @@ pub fn parse_with_python_client(text: &str) -> Result<Vec<Series>> {
             })
         })
         .collect()
+}
+
+/// A metric family as the OpenMetrics parser reports it.
+#[derive(Debug, Clone)]
+pub struct OmFamily {
+    /// The family name (for counters, without `_total`).
+    pub name: String,
+    /// `counter`, `gauge`, `histogram`, `summary`, `unknown`…
+    pub kind: String,
+    /// Its samples, with their full names (`x_total`, `h_bucket`…).
+    pub samples: Vec<Series>,
+}
+
+/// Parses `text` with the official Python client's strict OpenMetrics 1.0 parser
+/// (`tests/py/parse_openmetrics.py`, `prometheus_client.openmetrics.parser`); an error carries
+/// the parser's complaint.
+pub fn parse_openmetrics_with_python_client(text: &str) -> Result<Vec<OmFamily>> {
+    #[derive(serde::Deserialize)]
+    struct PySample {
+        name: String,
+        labels: BTreeMap<String, String>,
+        value: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct PyFamily {
+        name: String,
+        #[serde(rename = "type")]
+        kind: String,
+        samples: Vec<PySample>,
+    }
+
+    let stdout = run_python_parser("py/parse_openmetrics.py", text, "the OpenMetrics parser")?;
+    let families: Vec<PyFamily> =
+        serde_json::from_slice(&stdout).context("parsing parse_openmetrics.py output")?;
+    families
+        .into_iter()
+        .map(|f| {
+            let samples = f
+                .samples
+                .into_iter()
+                .map(|s| {
+                    Ok(Series {
+                        name: s.name,
+                        labels: s.labels,
+                        value: parse_value(&s.value)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(OmFamily {
+                name: f.name,
+                kind: f.kind,
+                samples,
+            })
+        })
+        .collect()
+}
+
+/// Runs a parser script under `tests/` with `text` on stdin and returns its stdout; an error
+/// (with its stderr) unless it exits 0.
+fn run_python_parser(script: &str, text: &str, what: &str) -> Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let script = crate::util::tests_dir().join(script);
+    let mut child = Command::new(crate::util::python())
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", script.display()))?;
+    let mut stdin = child.stdin.take().context("parser stdin")?;
+    let input = text.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {}", script.display()))?;
+    let _ = writer.join();
+    anyhow::ensure!(
+        output.status.success(),
+        "{what} rejected the exposition ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(output.stdout)
 }
 
 #[cfg(test)]

@@ -47,12 +47,30 @@ pub fn get_with_headers(
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> Result<HttpResponse> {
+    request(addr, "GET", path_and_query, headers, b"")
+}
+
+/// `POST path_and_query` on `addr` with an empty body.
+pub fn post(addr: SocketAddr, path_and_query: &str) -> Result<HttpResponse> {
+    request(addr, "POST", path_and_query, &[], b"")
+}
+
+/// Sends one request (`Connection: close`) and reads the whole response.
+///
+/// Unless `headers` names an `Accept-Encoding`, the request asks for `identity`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut request = format!(
-        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: \
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: \
          pipeline-tests\r\n"
     );
     if !headers
@@ -64,15 +82,20 @@ pub fn get_with_headers(
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
+    let mut raw_request = request.into_bytes();
+    raw_request.extend_from_slice(body);
     stream
-        .write_all(request.as_bytes())
+        .write_all(&raw_request)
         .with_context(|| format!("writing to {addr}"))?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the response to GET {path_and_query} from {addr}"))?;
-    parse_response(&raw).with_context(|| format!("GET http://{addr}{path_and_query}"))
+    stream.read_to_end(&mut raw).with_context(|| {
+        format!("reading the response to {method} {path_and_query} from {addr}")
+    })?;
+    parse_response(&raw).with_context(|| format!("{method} http://{addr}{path_and_query}"))
 }
 
 /// Parses a complete HTTP/1.1 response (status line, headers, body).

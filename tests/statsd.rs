@@ -61,31 +61,52 @@ impl Bridge {
     /// When the binary is missing, the bridge exits before it is ready, or it is not ready in
     /// time; the message carries the tail of its log.
     pub fn start(config_toml: &str, extra_args: &[&str]) -> Bridge {
+        Self::launch(Some(config_toml), extra_args)
+    }
+
+    /// Runs `statsd-bridge --ready-file <dir>/ready.json <args…>` with no config file (flags
+    /// and built-in defaults only) and waits until the ready file appears. The flags must
+    /// move every listener to ephemeral loopback ports: the defaults are `0.0.0.0:8125` and
+    /// `0.0.0.0:9102`.
+    ///
+    /// # Panics
+    /// As [`Bridge::start`].
+    pub fn start_with_flags(args: &[&str]) -> Bridge {
+        Self::launch(None, args)
+    }
+
+    fn launch(config_toml: Option<&str>, extra_args: &[&str]) -> Bridge {
         let dir = tempfile::Builder::new()
             .prefix("statsd-bridge-")
             .tempdir()
             .expect("creating a temp dir for the bridge");
         let config_path = dir.path().join("pipeline.toml");
-        std::fs::write(&config_path, config_toml).expect("writing the bridge config");
         let ready_path = dir.path().join("ready.json");
         let mut cmd = Command::new(bin("statsd-bridge"));
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--ready-file")
+        if let Some(config_toml) = config_toml {
+            std::fs::write(&config_path, config_toml).expect("writing the bridge config");
+            cmd.arg("--config").arg(&config_path);
+        }
+        cmd.arg("--ready-file")
             .arg(&ready_path)
             .args(extra_args)
+            .env_remove("STATSD_BRIDGE_CONFIG")
             .env("RUST_BACKTRACE", "1")
             .current_dir(dir.path());
+        let described = match config_toml {
+            Some(c) => format!("config was:\n{c}"),
+            None => format!("flags were: {extra_args:?}"),
+        };
         let child = ChildGuard::spawn("statsd-bridge", cmd).expect("starting statsd-bridge");
         let ready = eventually("statsd-bridge to write its ready file", PATIENCE, || {
             if let Err(e) = child.ensure_running() {
-                panic!("{e:#}\nconfig was:\n{config_toml}");
+                panic!("{e:#}\n{described}");
             }
             read_ready(&ready_path)
         });
         assert!(
-            !ready.udp.is_empty(),
-            "the ready file lists no UDP listener: {ready:?}"
+            !(ready.udp.is_empty() && ready.tcp.is_empty() && ready.unixgram.is_empty()),
+            "the ready file lists no StatsD listener: {ready:?}"
         );
         Bridge {
             child,
@@ -101,8 +122,67 @@ impl Bridge {
     }
 
     /// The first UDP listener's address.
+    ///
+    /// # Panics
+    /// When the bridge has no UDP listener.
     pub fn udp_addr(&self) -> SocketAddr {
-        self.ready.udp[0]
+        *self
+            .ready
+            .udp
+            .first()
+            .unwrap_or_else(|| panic!("the bridge has no UDP listener: {:?}", self.ready))
+    }
+
+    /// The first TCP listener's address.
+    ///
+    /// # Panics
+    /// When the bridge has no TCP listener (set `listen_tcp = ["127.0.0.1:0"]`).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        *self
+            .ready
+            .tcp
+            .first()
+            .unwrap_or_else(|| panic!("the bridge has no TCP listener: {:?}", self.ready))
+    }
+
+    /// The first unix datagram socket's path.
+    ///
+    /// # Panics
+    /// When the bridge has no unixgram listener.
+    pub fn unixgram_path(&self) -> &Path {
+        self.ready
+            .unixgram
+            .first()
+            .unwrap_or_else(|| panic!("the bridge has no unixgram listener: {:?}", self.ready))
+    }
+
+    /// The bridge's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The bridge's resident set size (`VmRSS` in `/proc/<pid>/status`), in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .with_context(|| format!("no VmRSS line in {path}"))?;
+        let mut fields = line.split_whitespace().skip(1);
+        let kib: u64 = fields
+            .next()
+            .context("VmRSS without a value")?
+            .parse()
+            .with_context(|| format!("bad VmRSS line {line:?}"))?;
+        anyhow::ensure!(fields.next() == Some("kB"), "VmRSS not in kB: {line:?}");
+        Ok(kib * 1024)
+    }
+
+    /// Everything the bridge wrote to stderr so far (its log).
+    pub fn stderr_text(&self) -> String {
+        let bytes = std::fs::read(self.child.stderr_path()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The web server's address.
@@ -110,7 +190,8 @@ impl Bridge {
         self.ready.web
     }
 
-    /// The config file the bridge was started with.
+    /// The config file the bridge was started with (after [`Bridge::start_with_flags`]: a path
+    /// in its temp dir that does not exist).
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
@@ -129,6 +210,28 @@ impl Bridge {
             panic!("{e:#}");
         }
         http::get(self.web_addr(), path)
+    }
+
+    /// `GET path` on the bridge's web server with extra request headers.
+    ///
+    /// # Panics
+    /// When the bridge has exited.
+    pub fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Result<HttpResponse> {
+        if let Err(e) = self.child.ensure_running() {
+            panic!("{e:#}");
+        }
+        http::get_with_headers(self.web_addr(), path, headers)
+    }
+
+    /// `POST path` (empty body) on the bridge's web server.
+    ///
+    /// # Panics
+    /// When the bridge has exited.
+    pub fn post(&self, path: &str) -> Result<HttpResponse> {
+        if let Err(e) = self.child.ensure_running() {
+            panic!("{e:#}");
+        }
+        http::post(self.web_addr(), path)
     }
 
     /// The `/metrics` page as text (an error unless the status is 200).
@@ -156,10 +259,31 @@ impl Bridge {
         send_udp(self.udp_addr(), payloads)
     }
 
+    /// Opens a TCP connection to the first TCP listener, writes `bytes`, and closes it.
+    pub fn send_tcp(&self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let addr = self.tcp_addr();
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, http::TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_write_timeout(Some(http::TIMEOUT))?;
+        stream
+            .write_all(bytes)
+            .with_context(|| format!("writing to {addr}"))?;
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .with_context(|| format!("closing the write side to {addr}"))?;
+        Ok(())
+    }
+
     /// Sends each line as its own UDP datagram.
     pub fn send_lines(&self, lines: &[&str]) -> Result<()> {
         let payloads: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
         self.send(&payloads)
+    }
+
+    /// The value of `key` (`name{sorted labels}`) on `/metrics`, `None` if absent.
+    pub fn value(&self, key: &str) -> Result<Option<f64>> {
+        Ok(self.metrics_map()?.get(key).copied())
     }
 
     /// Waits until `/metrics` holds `key` (`name{sorted labels}`) with a value equal to `want`.

@@ -3,3 +3,4 @@
 //! Run them with `scripts/test.sh`, which installs the peers and builds the binaries first.
 
 mod bridge;
+mod listeners;

@@ -181,6 +181,41 @@ pub fn send_udp(to: SocketAddr, payloads: &[&[u8]]) -> Result<()> {
     Ok(())
 }
 
+/// Decompresses a gzip stream with the `gzip` program (`gzip -dc`); an error if it is not
+/// valid gzip.
+///
+/// # Panics
+/// When `gzip` is not on `PATH`.
+pub fn gunzip(compressed: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let gzip = require_program("gzip", "apt-get install gzip");
+    let mut child = Command::new(gzip)
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running gzip -dc")?;
+    let mut stdin = child.stdin.take().context("gzip stdin")?;
+    let input = compressed.to_vec();
+    let writer = thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().context("waiting for gzip -dc")?;
+    let written = writer.join();
+    anyhow::ensure!(
+        output.status.success(),
+        "gzip -dc failed with {} on {} bytes: {}",
+        output.status,
+        compressed.len(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    if let Ok(Err(e)) = written {
+        anyhow::bail!("writing to gzip -dc: {e}");
+    }
+    Ok(output.stdout)
+}
+
 /// Whether two sample values are equal: NaN equals NaN, infinities by sign, otherwise within a
 /// relative tolerance of 1e-9.
 pub fn values_equal(a: f64, b: f64) -> bool {

@@ -2,6 +2,7 @@
 """Send DogStatsD traffic with the real Datadog client (`datadog` package).
 
 Usage: send.py --host 127.0.0.1 --port 8125 < ops.json
+       send.py --socket-path /path/to/dsd.socket < ops.json   (unix datagram socket)
 
 stdin is a JSON list of operations, each an object with an "op" and its arguments:
 
@@ -64,8 +65,15 @@ def apply(client, op):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--socket-path", help="send over this unix socket instead of UDP")
     args = parser.parse_args()
+    if (args.port is None) == (args.socket_path is None):
+        parser.error("give either --port (UDP) or --socket-path (unix socket)")
+    if args.socket_path is not None:
+        target = {"socket_path": args.socket_path}
+    else:
+        target = {"host": args.host, "port": args.port}
 
     ops = json.load(sys.stdin)
     if not isinstance(ops, list):
@@ -73,14 +81,13 @@ def main():
         return 2
 
     client = DogStatsd(
-        host=args.host,
-        port=args.port,
         disable_telemetry=True,
         disable_buffering=True,
         disable_aggregation=True,
         disable_background_sender=True,
         origin_detection_enabled=False,
         track_instance=False,
+        **target
     )
 
     # Record what the client actually puts on the wire (and whether the send worked).
