@@ -30,6 +30,43 @@ pub fn text(status: hyper::StatusCode, body: impl Into<Bytes>) -> Response<Body>
     resp
 }
 
+/// Accept-error back-off: 5 ms doubling to 1 s, reset by a success.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(5))
+    }
+}
+
+/// The next connection, or `None` once `stop` is cancelled. Accept errors (out of file
+/// descriptors, say) are logged and retried after a back-off instead of ending the loop.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    backoff: &mut Backoff,
+    what: &'static str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return None,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok(pair) => {
+                *backoff = Backoff::default();
+                return Some(pair);
+            }
+            Err(e) => {
+                tracing::warn!(what, error = %e, backoff_ms = backoff.0.as_millis() as u64, "Accept failed; backing off.");
+                tokio::time::sleep(backoff.0).await;
+                backoff.0 = (backoff.0 * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// Serves `handler` on `listener` until `stop` is cancelled, then waits up to `drain` for
 /// open connections to finish.
 pub async fn serve<H, F>(
@@ -42,24 +79,8 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::from_millis(5);
-                pair
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "HTTP accept failed; backing off.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut backoff = Backoff::default();
+    while let Some((stream, peer)) = accept(&listener, &stop, &mut backoff, "HTTP").await {
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
             let fut = handler(req);

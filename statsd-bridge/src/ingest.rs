@@ -185,6 +185,26 @@ impl Ingester {
         self.flush_counts(worker);
     }
 
+    /// Logs a rejected or dropped line, at most once a second.
+    fn log_refused(
+        &self,
+        line: &[u8],
+        transport: Transport,
+        reason: &'static str,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.log_limit.run(|suppressed| {
+            tracing::warn!(
+                transport = transport.as_str(),
+                reason,
+                error = %error,
+                line = %String::from_utf8_lossy(line.get(..200).unwrap_or(line)),
+                suppressed,
+                "Refused a line."
+            );
+        });
+    }
+
     /// Moves a worker's local counts into the self-metrics.
     pub fn flush_counts(&self, worker: &mut Worker) {
         if worker.cache_hits > 0 {
@@ -230,30 +250,12 @@ impl Ingester {
             }
             LineResult::Rejected(e) => {
                 t.line_rejected(e);
-                self.log_limit.run(|suppressed| {
-                    tracing::warn!(
-                        transport = transport.as_str(),
-                        reason = e.reason(),
-                        error = %e,
-                        line = %String::from_utf8_lossy(line.get(..200).unwrap_or(line)),
-                        suppressed,
-                        "Rejected a malformed line."
-                    );
-                });
+                self.log_refused(line, transport, e.reason(), &e);
                 return;
             }
             LineResult::Dropped(r) => {
                 t.sample_dropped(r);
-                self.log_limit.run(|suppressed| {
-                    tracing::warn!(
-                        transport = transport.as_str(),
-                        reason = r.reason(),
-                        error = %r,
-                        line = %String::from_utf8_lossy(line.get(..200).unwrap_or(line)),
-                        suppressed,
-                        "Dropped a line the store refused."
-                    );
-                });
+                self.log_refused(line, transport, r.reason(), &r);
                 return;
             }
         };

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -34,24 +34,10 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::from_millis(5);
-                pair
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed; backing off.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut backoff = common::http::Backoff::default();
+    while let Some((stream, peer)) =
+        common::http::accept(&listener, &stop, &mut backoff, "TCP").await
+    {
         let t = &ingester.telemetry;
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             t.tcp_connections_rejected.inc();

@@ -3,19 +3,13 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::ingest::Ingester;
 use crate::telemetry::Transport;
-
-/// The largest UDP payload; DogStatsD clients send up to 64 KiB over loopback.
-const MAX_DATAGRAM: usize = 65_535;
-/// How often a blocked read wakes up to look at the stop flag.
-const POLL: Duration = Duration::from_millis(100);
 
 /// Binds a UDP socket with the requested receive buffer (0 keeps the OS default).
 pub fn bind(addr: SocketAddr, read_buffer: usize) -> io::Result<UdpSocket> {
@@ -40,7 +34,7 @@ pub fn spawn(
     ingester: Arc<Ingester>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
-    socket.set_read_timeout(Some(POLL))?;
+    socket.set_read_timeout(Some(super::POLL))?;
     let name = format!(
         "udp-{}",
         socket
@@ -48,37 +42,7 @@ pub fn spawn(
             .map_or_else(|_| "?".into(), |a| a.to_string())
     );
     std::thread::Builder::new().name(name).spawn(move || {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut worker = ingester.worker();
-        while !stop.load(Ordering::Relaxed) {
-            match socket.recv(&mut buf) {
-                Ok(n) => {
-                    ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut worker)
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "UDP receive failed.");
-                    std::thread::sleep(POLL);
-                }
-            }
-        }
-        // Whatever the kernel accepted before the stop is ingested, not lost.
-        let mut drained = 0u64;
-        let deadline = std::time::Instant::now() + super::DRAIN_BUDGET;
-        if socket.set_nonblocking(true).is_ok() {
-            while std::time::Instant::now() < deadline
-                && let Ok(n) = socket.recv(&mut buf)
-            {
-                ingester.datagram(buf.get(..n).unwrap_or(&[]), Transport::Udp, &mut worker);
-                drained += 1;
-            }
-        }
+        let drained = super::datagram_loop(&socket, Transport::Udp, &ingester, &stop);
         tracing::debug!(drained, "UDP listener stopped.");
     })
 }

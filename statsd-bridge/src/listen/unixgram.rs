@@ -5,17 +5,13 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
 use crate::ingest::Ingester;
 use crate::telemetry::Transport;
-
-const MAX_DATAGRAM: usize = 65_535;
-const POLL: Duration = Duration::from_millis(100);
 
 /// A bound unix datagram socket; removes its file when dropped.
 #[derive(Debug)]
@@ -86,44 +82,13 @@ pub fn spawn(
     ingester: Arc<Ingester>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
-    bound.socket.set_read_timeout(Some(POLL))?;
+    bound.socket.set_read_timeout(Some(super::POLL))?;
     std::thread::Builder::new()
         .name("unixgram".into())
         .spawn(move || {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            let mut worker = ingester.worker();
-            while !stop.load(Ordering::Relaxed) {
-                match bound.socket.recv(&mut buf) {
-                    Ok(n) => ingester.datagram(
-                        buf.get(..n).unwrap_or(&[]),
-                        Transport::Unixgram,
-                        &mut worker,
-                    ),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock
-                                | io::ErrorKind::TimedOut
-                                | io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Unix socket receive failed.");
-                        std::thread::sleep(POLL);
-                    }
-                }
-            }
-            let deadline = std::time::Instant::now() + super::DRAIN_BUDGET;
-            if bound.socket.set_nonblocking(true).is_ok() {
-                while std::time::Instant::now() < deadline
-                    && let Ok(n) = bound.socket.recv(&mut buf)
-                {
-                    ingester.datagram(
-                        buf.get(..n).unwrap_or(&[]),
-                        Transport::Unixgram,
-                        &mut worker,
-                    );
-                }
-            }
+            let drained =
+                super::datagram_loop(&bound.socket, Transport::Unixgram, &ingester, &stop);
+            tracing::debug!(drained, path = %bound.path.display(), "Unix socket listener stopped.");
             drop(bound);
         })
 }
