@@ -5,12 +5,15 @@
 //! and finds the `|` fields, the floor any parser pays.
 
 use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use statsd_bridge::aggregate::{Store, StoreConfig};
 use statsd_bridge::expose::encode_text;
 use statsd_bridge::ingest::{Worker, ingest_line};
+use statsd_bridge::mapping::{Mapper, MapperHandle, MatchMetricType, Resolver, yaml};
 use statsd_bridge::protocol::{ParseOptions, lines, parse_line};
 
 /// A mix of typical DogStatsD lines: plain, sampled, tagged, packed, timers, sets.
@@ -124,5 +127,56 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, aggregate, encode);
+criterion_group!(benches, parse, aggregate, encode, mapping);
 criterion_main!(benches);
+
+/// A mapping file of `n` graphite-style glob rules.
+fn rules_yaml(n: usize) -> String {
+    let mut out = String::from("defaults:\n  observer_type: histogram\nmappings:\n");
+    for i in 0..n {
+        out.push_str(&format!(
+            "- match: svc{i}.*.*.requests.*\n  name: \"svc{i}_requests_total\"\n  labels:\n    env: \"$1\"\n    host: \"$2\"\n    code: \"$3\"\n"
+        ));
+    }
+    out
+}
+
+fn mapping(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mapping");
+    for n in [10usize, 100, 1000] {
+        let (spec, _) = yaml::parse(&rules_yaml(n), Path::new("bench.yml")).expect("valid rules");
+        let mapper = Mapper::compile(&spec).expect("rules compile");
+        // Names that hit rules spread over the whole file, plus some that match nothing.
+        let names: Vec<String> = (0..1000)
+            .map(|i| match i % 10 {
+                9 => format!("unmatched.{i}.x.requests.200"),
+                _ => format!(
+                    "svc{}.prod.web-{}.requests.{}",
+                    (i * 7919) % n,
+                    i % 13,
+                    200 + i % 5
+                ),
+            })
+            .collect();
+        g.throughput(Throughput::Elements(names.len() as u64));
+        g.bench_with_input(BenchmarkId::new("uncached", n), &names, |b, names| {
+            b.iter(|| {
+                for name in names {
+                    black_box(mapper.resolve(black_box(name), MatchMetricType::Counter));
+                }
+            })
+        });
+        let handle = Arc::new(MapperHandle::new(
+            Mapper::compile(&spec).expect("rules compile"),
+        ));
+        let mut resolver = Resolver::new(handle, 10_000);
+        g.bench_with_input(BenchmarkId::new("cached", n), &names, |b, names| {
+            b.iter(|| {
+                for name in names {
+                    black_box(resolver.resolve(black_box(name), MatchMetricType::Counter));
+                }
+            })
+        });
+    }
+    g.finish();
+}
