@@ -21,6 +21,8 @@ pub mod config;
 pub mod explain;
 pub mod expose;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod listen;
@@ -76,6 +78,12 @@ fn bind_err(what: &'static str, addr: impl ToString) -> impl FnOnce(std::io::Err
     move |source| RunError::Bind { what, addr, source }
 }
 
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|a| seen.insert(a.clone()));
+    v
+}
+
 /// Sockets bound before [`run`], so config errors and port clashes surface first.
 #[derive(Debug)]
 pub struct Listeners {
@@ -93,11 +101,20 @@ impl Listeners {
     /// Binds every socket the config names.
     pub fn bind(cfg: &Config) -> Result<Self, RunError> {
         let read_buffer = usize::try_from(cfg.bridge.read_buffer.0).unwrap_or(usize::MAX);
-        let udp = cfg
-            .udp
-            .iter()
-            .map(|&addr| listen::udp::bind(addr, read_buffer).map_err(bind_err("UDP", addr)))
-            .collect::<Result<_, _>>()?;
+        let workers = cfg.udp_workers();
+        let mut udp = Vec::new();
+        for &addr in &cfg.udp {
+            let first =
+                listen::udp::bind(addr, read_buffer, workers > 1).map_err(bind_err("UDP", addr))?;
+            // With port 0 the kernel picked one; the other workers join that port.
+            let bound = first.local_addr().map_err(bind_err("UDP", addr))?;
+            udp.push(first);
+            for _ in 1..workers {
+                udp.push(
+                    listen::udp::bind(bound, read_buffer, true).map_err(bind_err("UDP", bound))?,
+                );
+            }
+        }
         let tcp = cfg
             .tcp
             .iter()
@@ -126,7 +143,7 @@ impl Listeners {
             it.filter_map(Result::ok).map(|a| a.to_string()).collect()
         };
         serde_json::json!({
-            "udp": addrs(&mut self.udp.iter().map(UdpSocket::local_addr)),
+            "udp": dedup(addrs(&mut self.udp.iter().map(UdpSocket::local_addr))),
             "tcp": addrs(&mut self.tcp.iter().map(std::net::TcpListener::local_addr)),
             "unixgram": self.unixgram.iter().map(|u| u.path().display().to_string()).collect::<Vec<_>>(),
             "web": self.web.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -217,6 +234,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let bound = listeners.describe();
+    let mut udp_ports: Vec<u16> = listeners
+        .udp
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .map(|a| a.port())
+        .collect();
+    udp_ports.dedup();
     let telemetry = Arc::new(Telemetry::new().map_err(RunError::Telemetry)?);
     let reserved = telemetry.reserved_names();
     let store = Arc::new(Store::new(cfg.store(), reserved.iter().map(String::as_str)));
@@ -289,6 +313,7 @@ pub async fn run(
         lifecycle: cfg.bridge.enable_lifecycle,
         reload: reloader(&cfg, Arc::clone(&telemetry), Arc::clone(&mapper)),
         quit: quit.clone(),
+        udp_ports,
     });
     listeners
         .web
