@@ -13,17 +13,15 @@ pub fn sanitize_name_into(raw: &str, out: &mut String) {
     if raw.as_bytes().first().is_some_and(u8::is_ascii_digit) {
         out.push('_');
     }
-    if is_name_chars(raw) {
-        out.push_str(raw);
-        return;
-    }
-    out.extend(raw.chars().map(|c| {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            c
-        } else {
-            '_'
+    // Bytes, not chars: an ASCII byte maps to itself or `_`; a multi-byte character becomes
+    // one `_` (at its leading byte; continuation bytes 0x80..=0xBF are skipped).
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            out.push(char::from(b));
+        } else if !(0x80..0xC0).contains(&b) {
+            out.push('_');
         }
-    }));
+    }
 }
 
 /// The sanitized form of `raw`, borrowed when nothing needed to change.

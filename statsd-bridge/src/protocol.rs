@@ -18,12 +18,49 @@
 )]
 
 use nom::branch::alt;
-use nom::bytes::complete::{tag, take_till, take_while1};
+use nom::bytes::complete::{tag, take_while1};
 use nom::character::complete::digit1;
 use nom::combinator::{map, map_res, value};
 use nom::{IResult as NomResult, Parser};
 
 type IResult<'a, O> = NomResult<&'a str, O, LineError>;
+
+/// Splits `s` at the first ASCII byte `sep`. Cutting at an ASCII byte always lands on a
+/// character boundary, and a byte loop beats `str::split_once(char)` on these short slices
+/// (the char-pattern machinery was the parser's top cost).
+fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = s.as_bytes().iter().position(|&b| b == sep)?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+/// `str::split` on an ASCII byte, without the char-pattern machinery.
+#[derive(Debug, Clone)]
+struct SplitByte<'a> {
+    rest: Option<&'a str>,
+    sep: u8,
+}
+
+impl<'a> Iterator for SplitByte<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match split_once_byte(rest, self.sep) {
+            Some((head, tail)) => {
+                self.rest = Some(tail);
+                Some(head)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+fn split_byte(s: &str, sep: u8) -> SplitByte<'_> {
+    SplitByte { rest: Some(s), sep }
+}
 
 /// Which name-side tag syntaxes are read (DogStatsD `|#` tags are always read when enabled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +176,7 @@ impl<'a> Sample<'a> {
     pub fn values(&self) -> impl Iterator<Item = Value> + 'a {
         let rest = self.rest;
         std::iter::once(self.first).chain(
-            rest.split(':')
+            split_byte(rest, b':')
                 .filter(|s| !s.is_empty())
                 .filter_map(|s| parse_value(s).ok()),
         )
@@ -178,23 +215,19 @@ impl<'a> Tags<'a> {
 
     /// Every tag in order: name-side first, then DogStatsD. Later duplicates win downstream.
     pub fn iter(&self) -> impl Iterator<Item = Tag<'a>> + 'a {
-        let name_side = self
-            .name_side
-            .split(',')
+        let name_side = split_byte(self.name_side, b',')
             .filter(|t| !t.is_empty())
-            .map(|t| split_tag(t, '='));
-        let dd = self
-            .dogstatsd
-            .split(',')
+            .map(|t| split_tag(t, b'='));
+        let dd = split_byte(self.dogstatsd, b',')
             .map(|t| t.strip_prefix('#').unwrap_or(t))
             .filter(|t| !t.is_empty())
-            .map(|t| split_tag(t, ':'));
+            .map(|t| split_tag(t, b':'));
         name_side.chain(dd)
     }
 }
 
-fn split_tag(t: &str, sep: char) -> Tag<'_> {
-    match t.split_once(sep) {
+fn split_tag(t: &str, sep: u8) -> Tag<'_> {
+    match split_once_byte(t, sep) {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Tag::Pair(k, v),
         _ => Tag::Skipped,
     }
@@ -398,30 +431,37 @@ pub fn parse_line<'a>(line: &'a [u8], opts: &ParseOptions) -> Result<Line<'a>, P
 /// Bounds what one line can make the store hold.
 fn check_tag_bounds(tags: &Tags<'_>, opts: &ParseOptions) -> Result<(), ParseError> {
     let mut count = 0;
-    for tag in tags.name_side.split(',').chain(tags.dogstatsd.split(',')) {
-        if tag.is_empty() {
-            continue;
-        }
-        count += 1;
-        if count > opts.max_tags {
-            return Err(ParseError::TooManyTags);
-        }
-        if tag.len() > opts.max_tag_length {
-            return Err(ParseError::TagTooLong);
+    for section in [tags.name_side, tags.dogstatsd] {
+        // One pass per section: count non-empty tags and measure each.
+        let mut len = 0usize;
+        for &b in section.as_bytes().iter().chain(std::iter::once(&b',')) {
+            if b != b',' {
+                len += 1;
+                continue;
+            }
+            if len > 0 {
+                count += 1;
+                if count > opts.max_tags {
+                    return Err(ParseError::TooManyTags);
+                }
+                if len > opts.max_tag_length {
+                    return Err(ParseError::TagTooLong);
+                }
+            }
+            len = 0;
         }
     }
     Ok(())
 }
 
 fn metric<'a>(input: &'a str, opts: &ParseOptions) -> IResult<'a, Sample<'a>> {
-    let (input, raw_name) = expect(take_till(|c| c == ':'), ParseError::MissingColon)(input)?;
-    let (input, _) = expect(tag(":"), ParseError::MissingColon)(input)?;
+    let fail = |r| nom::Err::Failure(LineError(r));
+    let (raw_name, input) = split_once_byte(input, b':').ok_or(fail(ParseError::MissingColon))?;
     let (name, name_suffix, name_side) = split_name_tags(raw_name, opts);
     if name.is_empty() && name_suffix.is_empty() {
-        return Err(nom::Err::Failure(LineError(ParseError::EmptyName)));
+        return Err(fail(ParseError::EmptyName));
     }
-    let (input, raw_value) = take_till(|c| c == '|')(input)?;
-    let (input, _) = expect(tag("|"), ParseError::MissingType)(input)?;
+    let (raw_value, input) = split_once_byte(input, b'|').ok_or(fail(ParseError::MissingType))?;
     let (input, kind) = expect(metric_type, ParseError::UnknownType)(input)?;
     let mut sample = Sample {
         name,
@@ -442,7 +482,7 @@ fn metric<'a>(input: &'a str, opts: &ParseOptions) -> IResult<'a, Sample<'a>> {
         container_id: None,
         timestamp: None,
     };
-    for field in input.split('|').skip(1) {
+    for field in split_byte(input, b'|').skip(1) {
         metric_field(field, &mut sample, opts);
     }
     if !sample.tags.name_side.is_empty() && !sample.tags.dogstatsd.is_empty() {
@@ -504,6 +544,14 @@ fn metric_field<'a>(field: &'a str, sample: &mut Sample<'a>, opts: &ParseOptions
 }
 
 fn parse_value(s: &str) -> Result<Value, ParseError> {
+    // Most values are small whole numbers; up to 15 digits fit an f64 exactly.
+    if !s.is_empty() && s.len() <= 15 && s.bytes().all(|b| b.is_ascii_digit()) {
+        let n = s.bytes().fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+        return Ok(Value {
+            value: n as f64,
+            signed: false,
+        });
+    }
     let signed = s.starts_with(['+', '-']);
     // Rust's float grammar is Go's minus `_` separators and hex floats; both are rare in
     // StatsD and both are rejected here rather than guessed at.
@@ -517,7 +565,7 @@ fn parse_value(s: &str) -> Result<Value, ParseError> {
 
 fn validate_values(raw: &str, kind: MetricType) -> Result<(Value, &str), nom::Err<LineError>> {
     let fail = |r| nom::Err::Failure(LineError(r));
-    let (first_text, rest) = raw.split_once(':').unwrap_or((raw, ""));
+    let (first_text, rest) = split_once_byte(raw, b':').unwrap_or((raw, ""));
     let check = |s: &str| -> Result<Value, ParseError> {
         let v = parse_value(s)?;
         if kind == MetricType::Counter {
@@ -532,7 +580,7 @@ fn validate_values(raw: &str, kind: MetricType) -> Result<(Value, &str), nom::Er
     };
     // Empty values in a packed list (`1::2`) are skipped, as the Datadog Agent does.
     let mut values = std::iter::once(first_text)
-        .chain(rest.split(':'))
+        .chain(split_byte(rest, b':'))
         .filter(|s| !s.is_empty());
     let first = check(values.next().ok_or(fail(ParseError::InvalidValue))?).map_err(fail)?;
     for v in values {
@@ -540,9 +588,7 @@ fn validate_values(raw: &str, kind: MetricType) -> Result<(Value, &str), nom::Er
     }
     // `rest` re-reads from after the first non-empty value.
     let rest = if first_text.is_empty() {
-        raw.trim_start_matches(':')
-            .split_once(':')
-            .map_or("", |(_, r)| r)
+        split_once_byte(raw.trim_start_matches(':'), b':').map_or("", |(_, r)| r)
     } else {
         rest
     };
@@ -553,19 +599,23 @@ fn validate_values(raw: &str, kind: MetricType) -> Result<(Value, &str), nom::Er
 /// InfluxDB `a,k=v`. Returns the name, the name's suffix after a SignalFx section, and the
 /// `k=v,…` text.
 fn split_name_tags<'a>(raw: &'a str, opts: &ParseOptions) -> (&'a str, &'a str, &'a str) {
+    // Most names carry no tags: one scan settles that.
+    if !raw.bytes().any(|b| matches!(b, b'[' | b'#' | b',')) {
+        return (raw, "", "");
+    }
     if opts.signalfx_tags
-        && let Some((before, after_open)) = raw.split_once('[')
-        && let Some((tags, after)) = after_open.split_once(']')
+        && let Some((before, after_open)) = split_once_byte(raw, b'[')
+        && let Some((tags, after)) = split_once_byte(after_open, b']')
     {
         return (before, after, tags);
     }
     if opts.librato_tags
-        && let Some((name, tags)) = raw.split_once('#')
+        && let Some((name, tags)) = split_once_byte(raw, b'#')
     {
         return (name, "", tags);
     }
     if opts.influxdb_tags
-        && let Some((name, tags)) = raw.split_once(',')
+        && let Some((name, tags)) = split_once_byte(raw, b',')
     {
         return (name, "", tags);
     }
@@ -594,7 +644,7 @@ fn event<'a>(input: &'a str, opts: &ParseOptions) -> IResult<'a, Event<'a>> {
         alert_type: AlertType::Info,
         tags: Tags::default(),
     };
-    for field in input.split('|').skip(1) {
+    for field in split_byte(input, b'|').skip(1) {
         if let Some(t) = field.strip_prefix("t:") {
             ev.alert_type = match t {
                 "warning" => AlertType::Warning,
@@ -652,7 +702,7 @@ fn service_check<'a>(input: &'a str, opts: &ParseOptions) -> IResult<'a, Service
         status,
         tags: Tags::default(),
     };
-    for field in input.split('|').skip(1) {
+    for field in split_byte(input, b'|').skip(1) {
         if field.starts_with("m:") {
             break; // The message is last and may contain anything, `|` included.
         }
