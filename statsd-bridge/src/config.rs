@@ -75,6 +75,9 @@ pub struct BridgeConfig {
     pub openmetrics: bool,
     /// Enable `POST`/`PUT /-/reload` and `/-/quit` (statsd_exporter's `--web.enable-lifecycle`).
     pub enable_lifecycle: bool,
+    /// Sockets (and reader threads) per UDP address, sharing the port with `SO_REUSEPORT`;
+    /// `0` means one per CPU, up to 4.
+    pub udp_workers: usize,
     /// Kernel receive buffer per socket (`SO_RCVBUF`); `0` keeps the OS default. The kernel
     /// caps it at `net.core.rmem_max`; the size granted is logged.
     pub read_buffer: ByteSize,
@@ -145,6 +148,7 @@ impl Default for BridgeConfig {
             enable_lifecycle: false,
             web_listen: s("0.0.0.0:9102"),
             telemetry_path: s("/metrics"),
+            udp_workers: 0,
             read_buffer: ByteSize(8 << 20),
             observer_type: ObserverType::Histogram,
             histogram_buckets: Spanned::new(0..0, DEFAULT_BUCKETS.to_vec()),
@@ -443,6 +447,16 @@ impl Config {
     /// Store settings.
     pub fn store(&self) -> StoreConfig {
         store_config(&self.bridge)
+    }
+
+    /// UDP reader threads per address.
+    pub fn udp_workers(&self) -> usize {
+        match self.bridge.udp_workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, 4),
+            n => n,
+        }
     }
 
     /// Parser settings.

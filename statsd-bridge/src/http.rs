@@ -35,6 +35,8 @@ pub struct State {
     pub reload: Box<ReloadFn>,
     /// Cancelled by `/-/quit`.
     pub quit: CancellationToken,
+    /// Local ports of the UDP sockets, for the kernel drop count.
+    pub udp_ports: Vec<u16>,
 }
 
 impl std::fmt::Debug for State {
@@ -46,9 +48,14 @@ impl std::fmt::Debug for State {
 }
 
 /// Renders the whole metrics page: the store's series, then the self-metrics.
-pub fn render_metrics(ingester: &Ingester, format: Format) -> String {
+pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) -> String {
     let started = Instant::now();
     let t = &ingester.telemetry;
+    if !udp_ports.is_empty() {
+        let drops = crate::listen::udp::kernel_drops(udp_ports);
+        t.udp_kernel_drops
+            .inc_by(drops.saturating_sub(t.udp_kernel_drops.get()));
+    }
     let snapshot = ingester.store.snapshot(started);
     let mut out = String::with_capacity(snapshot.series.len() * 64 + 8192);
     encode(&snapshot, format, &mut out);
@@ -108,8 +115,9 @@ async fn metrics(state: &State, headers: &HeaderMap) -> Response<Body> {
     let format = negotiate(headers, state.openmetrics);
     let compress = accepts_gzip(headers);
     let ingester = Arc::clone(&state.ingester);
+    let ports = state.udp_ports.clone();
     let rendered = tokio::task::spawn_blocking(move || {
-        let page = render_metrics(&ingester, format);
+        let page = render_metrics(&ingester, format, &ports);
         if compress {
             gzip(page.as_bytes()).map(|z| (z, true))
         } else {

@@ -117,6 +117,8 @@ pub struct Telemetry {
     pub mapping_cache_hits: IntCounter,
     /// Mapping lookups computed.
     pub mapping_cache_misses: IntCounter,
+    /// Datagrams the kernel dropped on the UDP sockets (receive buffer full).
+    pub udp_kernel_drops: IntCounter,
 }
 
 impl Telemetry {
@@ -291,6 +293,10 @@ impl Telemetry {
             "statsd_bridge_mapping_cache_misses_total",
             "Mapping lookups computed from the rules.",
         )?;
+        let udp_kernel_drops = counter(
+            "statsd_bridge_udp_receive_buffer_drops_total",
+            "Datagrams the kernel dropped because a UDP socket's receive buffer was full (from /proc/net/udp); raise read_buffer and net.core.rmem_max, or udp_workers.",
+        )?;
         Ok(Self {
             registry,
             transports,
@@ -322,6 +328,7 @@ impl Telemetry {
             mappings_loaded,
             mapping_cache_hits,
             mapping_cache_misses,
+            udp_kernel_drops,
         })
     }
 

@@ -4,7 +4,10 @@
 //! between the kernel buffer and the store, so a line counted as received is already in the
 //! store, and on shutdown the thread drains what the kernel still holds before it exits.
 
-use std::io;
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,25 +29,63 @@ const MAX_DATAGRAM: usize = 65_535;
 /// How often a blocked read wakes up to look at the stop flag.
 const POLL: Duration = Duration::from_millis(100);
 
+/// Datagrams per `recvmmsg` call.
+const BATCH: usize = 32;
+
+/// Receive buffers for one listener thread, filled `BATCH` datagrams at a time.
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    headers: MultiHeaders<SockaddrStorage>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            bufs: (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
+            sizes: Vec::with_capacity(BATCH),
+            headers: MultiHeaders::preallocate(BATCH, None),
+        }
+    }
+
+    /// Receives up to `BATCH` datagrams with one system call; blocks (up to the socket's read
+    /// timeout) for the first only.
+    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.sizes.clear();
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+            self.bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+        let results = recvmmsg(
+            fd,
+            &mut self.headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        self.sizes.extend(results.map(|r| r.bytes));
+        Ok(self.sizes.len())
+    }
+
+    fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs
+            .iter()
+            .zip(&self.sizes)
+            .map(|(b, &n)| b.get(..n).unwrap_or(&[]))
+    }
+}
+
 /// A datagram socket the read loop can drive (UDP or unix).
-trait DatagramSocket {
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+trait DatagramSocket: AsRawFd {
     fn set_nonblocking(&self, on: bool) -> io::Result<()>;
 }
 
 impl DatagramSocket for std::net::UdpSocket {
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        std::net::UdpSocket::recv(self, buf)
-    }
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         std::net::UdpSocket::set_nonblocking(self, on)
     }
 }
 
 impl DatagramSocket for std::os::unix::net::UnixDatagram {
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        std::os::unix::net::UnixDatagram::recv(self, buf)
-    }
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         std::os::unix::net::UnixDatagram::set_nonblocking(self, on)
     }
@@ -58,11 +99,16 @@ fn datagram_loop(
     ingester: &Ingester,
     stop: &Arc<AtomicBool>,
 ) -> u64 {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut batch = Batch::new();
     let mut worker = ingester.worker();
+    let fd = socket.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
-        match socket.recv(&mut buf) {
-            Ok(n) => ingester.datagram(buf.get(..n).unwrap_or(&[]), transport, &mut worker),
+        match batch.recv(fd) {
+            Ok(_) => {
+                for d in batch.datagrams() {
+                    ingester.datagram(d, transport, &mut worker);
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -80,11 +126,11 @@ fn datagram_loop(
     let mut drained = 0;
     let deadline = Instant::now() + DRAIN_BUDGET;
     if socket.set_nonblocking(true).is_ok() {
-        while Instant::now() < deadline
-            && let Ok(n) = socket.recv(&mut buf)
-        {
-            ingester.datagram(buf.get(..n).unwrap_or(&[]), transport, &mut worker);
-            drained += 1;
+        while Instant::now() < deadline && batch.recv(fd).is_ok_and(|n| n > 0) {
+            for d in batch.datagrams() {
+                ingester.datagram(d, transport, &mut worker);
+                drained += 1;
+            }
         }
     }
     drained
