@@ -105,6 +105,7 @@ pub fn ingest_line(
             match cache {
                 CacheUse::Hit => worker.cache_hits += 1,
                 CacheUse::Miss => worker.cache_misses += 1,
+                CacheUse::NoRules => {}
             }
             let Some(target) = resolution.target() else {
                 return LineResult::Dropped(Rejection::MappingDrop);

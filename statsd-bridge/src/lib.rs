@@ -331,7 +331,9 @@ pub async fn run(
     ));
 
     let mut background = Vec::new();
-    if !cfg.bridge.ttl.0.is_zero() {
+    // Always: rule TTLs need the sweep even without a global ttl (it costs nothing until a
+    // series with a TTL exists).
+    {
         let store = Arc::clone(&store);
         let telemetry = Arc::clone(&telemetry);
         background.push(tokio::spawn(async move {

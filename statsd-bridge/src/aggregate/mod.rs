@@ -726,9 +726,10 @@ impl Store {
     /// A consistent-per-series copy of every series, sorted by family then labels.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let mut series = Vec::with_capacity(self.len());
-        for mut entry in self.series.iter_mut() {
+        // Shared locks, one shard at a time: ingestion into other shards goes on.
+        for entry in self.series.iter() {
             let key = Arc::clone(entry.key());
-            let value = match &mut entry.value_mut().cell {
+            let value = match &entry.value().cell {
                 Cell::Counter(v) => Value::Counter(*v),
                 Cell::Gauge(v) => Value::Gauge(*v),
                 Cell::Set(set) => {

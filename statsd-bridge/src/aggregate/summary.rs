@@ -91,12 +91,13 @@ impl Sketch {
         }
     }
 
-    /// The configured quantiles over the live window; NaN when the window is empty.
-    pub fn quantiles(&mut self, now: Instant, opts: &SummaryOptions) -> Vec<(f64, f64)> {
-        self.rotate(now, opts);
+    /// The configured quantiles over the live window; NaN when the window is empty. Reads
+    /// only, so a scrape can take it under a shared lock.
+    pub fn quantiles(&self, now: Instant, opts: &SummaryOptions) -> Vec<(f64, f64)> {
         let mut all: Vec<(f64, f64)> = self
             .buckets
             .iter()
+            .filter(|b| now.saturating_duration_since(b.start) < opts.max_age)
             .flat_map(|b| b.samples.iter().copied())
             .collect();
         all.sort_by(|a, b| a.0.total_cmp(&b.0));

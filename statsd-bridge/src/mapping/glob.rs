@@ -179,7 +179,8 @@ impl GlobTree {
                 .terminal
                 .iter()
                 .zip(type_names)
-                .filter_map(|(r, t)| r.map(|r| format!("{t}: rule {r}")))
+                // Numbered from 1, as `explain` numbers them.
+                .filter_map(|(r, t)| r.map(|r| format!("{t}: rule #{}", r + 1)))
                 .collect();
             if rules.is_empty() {
                 let _ = writeln!(out, "  n{i} [label=\"\"];");
@@ -274,7 +275,7 @@ mod tests {
         assert!(
             dot.contains("label=\"a\"")
                 && dot.contains("label=\"*\"")
-                && dot.contains("counter: rule 0"),
+                && dot.contains("counter: rule #1"),
             "{dot}"
         );
     }

@@ -723,6 +723,8 @@ pub enum CacheUse {
     Hit,
     /// Computed (and cached when there is a cache).
     Miss,
+    /// No rules are loaded: nothing to look up.
+    NoRules,
 }
 
 impl Resolver {
@@ -747,7 +749,7 @@ impl Resolver {
             }
         }
         if self.mapper.is_empty() {
-            return (Arc::clone(&self.mapper.unmapped), CacheUse::Hit);
+            return (Arc::clone(&self.mapper.unmapped), CacheUse::NoRules);
         }
         let Some(cache) = &mut self.cache else {
             return (Arc::new(self.mapper.resolve(name, t)), CacheUse::Miss);
