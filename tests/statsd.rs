@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use crate::exposition;
 use crate::http::{self, HttpResponse};
 use crate::process::ChildGuard;
-use crate::util::{PATIENCE, bin, eventually, send_udp};
+use crate::util::{PATIENCE, bin, eventually, scaled, send_udp};
 
 /// What the bridge writes to its `--ready-file` once every listener is bound.
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +323,110 @@ impl Bridge {
     /// The last `lines` lines of the bridge's stderr and stdout.
     pub fn log_tail(&self, lines: usize) -> String {
         self.child.log_tail(lines)
+    }
+}
+
+/// What a one-shot `statsd-bridge` run (`check-config`, `explain`, `--check-config`) did.
+#[derive(Debug)]
+pub struct CliRun {
+    /// The arguments it was given, for messages.
+    pub args: Vec<String>,
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// The exit code (`None` when a signal ended it).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl std::fmt::Display for CliRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "statsd-bridge {:?} exited with {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.args, self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `statsd-bridge <args…>` in `cwd` to completion (a subcommand or `--check-config`,
+/// not the server), with `stdin` as its standard input (closed at once when `None`), and
+/// returns what it printed.
+///
+/// # Panics
+/// When it can't be started, or it is still running after 30 s (scaled by
+/// `PIPELINE_TEST_PATIENCE`); it is killed then.
+pub fn run_cli(args: &[&str], cwd: &Path, stdin: Option<&str>) -> CliRun {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+
+    let mut child = Command::new(bin("statsd-bridge"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("STATSD_BRIDGE_CONFIG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting statsd-bridge {args:?}: {e}"));
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(text), Some(mut pipe)) => {
+            let text = text.to_owned();
+            Some(std::thread::spawn(move || pipe.write_all(text.as_bytes())))
+        }
+        _ => None,
+    };
+    let mut out_pipe = child.stdout.take().expect("piped stdout");
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let limit = scaled(Duration::from_secs(30));
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("statsd-bridge {args:?} still running after {limit:?}; killed it");
+            }
+            Err(e) => panic!("waiting for statsd-bridge {args:?}: {e}"),
+        }
+    };
+    if let Some(writer) = writer {
+        // A child that exits without reading all of stdin breaks the pipe; that is its
+        // business, and its output tells the story.
+        let _ = writer.join();
+    }
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    CliRun {
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        status,
+        stdout: text(out_reader.join().unwrap_or_default()),
+        stderr: text(err_reader.join().unwrap_or_default()),
     }
 }
 

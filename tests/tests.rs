@@ -4,3 +4,4 @@
 
 mod bridge;
 mod listeners;
+mod mapping;

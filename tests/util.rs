@@ -4,7 +4,7 @@ use std::env;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
@@ -179,6 +179,38 @@ pub fn send_udp(to: SocketAddr, payloads: &[&[u8]]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Replaces the contents of `path` atomically: writes a sibling temporary file, gives it
+/// `mtime` if one is passed, and renames it over `path`. A process polling the file (the
+/// bridge's config watch) thus never reads a half-written version, and sees exactly one new
+/// modification time per call (or none, when `mtime` is the time it already saw).
+pub fn replace_file(path: &Path, contents: &str, mtime: Option<SystemTime>) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(".replacing");
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Some(mtime) = mtime {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .with_context(|| format!("opening {}", tmp.display()))?;
+        file.set_modified(mtime)
+            .with_context(|| format!("setting the modification time of {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// The modification time of `path`.
+pub fn modified(path: &Path) -> Result<SystemTime> {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("reading the modification time of {}", path.display()))
 }
 
 /// Decompresses a gzip stream with the `gzip` program (`gzip -dc`); an error if it is not
