@@ -80,7 +80,7 @@ pub fn write_f64(out: &mut String, v: f64) {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
         // Exact: |v| < 2^53, so the cast loses nothing (and `-0.0` prints as `0`).
-        let _ = write!(out, "{}", v as i64);
+        out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
         let _ = write!(out, "{v:?}");
     }

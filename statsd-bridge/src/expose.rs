@@ -1,7 +1,9 @@
-//! Prometheus text exposition (format 0.0.4) of a store snapshot.
+//! Prometheus text exposition (format 0.0.4) and OpenMetrics 1.0 of a store snapshot.
 //!
 //! Produces bytes only; `http` serves them. Families come sorted by name and series by
-//! labels, so output is deterministic and golden tests are stable.
+//! labels, so output is deterministic and golden tests are stable. The encoder writes into a
+//! `Vec<u8>`: series keys are stored as bytes built from valid UTF-8, so nothing is decoded
+//! or validated again on the way out (that validation was most of a scrape's cost).
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,9 +12,8 @@
     clippy::panic
 )]
 
-use std::fmt::Write as _;
-
-use common::prom::{escape_help, escape_label_value, write_f64};
+use std::io::Write as _;
+use std::sync::Arc;
 
 use crate::aggregate::{Kind, SeriesSnapshot, Snapshot, Value};
 
@@ -50,21 +51,31 @@ pub fn encode_text(snapshot: &Snapshot, out: &mut String) {
 /// Appends the whole snapshot to `out` (without OpenMetrics' `# EOF`, which goes after the
 /// self-metrics).
 pub fn encode(snapshot: &Snapshot, format: Format, out: &mut String) {
+    let mut bytes = Vec::new();
+    encode_bytes(snapshot, format, &mut bytes);
+    out.push_str(&String::from_utf8_lossy(&bytes));
+}
+
+/// [`encode`] into bytes: what the HTTP edge sends.
+pub fn encode_bytes(snapshot: &Snapshot, format: Format, out: &mut Vec<u8>) {
     let mut current: Option<&str> = None;
+    // Looked up once per family, not per series.
+    let mut is_om_counter = false;
     let mut counter_name = String::new();
+    let mut le = LeCache::default();
     for series in &snapshot.series {
         let name = series.name();
-        let family = snapshot.family(name);
-        let kind = match (&series.value, family.as_ref().map(|f| f.kind)) {
-            (_, Some(k)) if k != Kind::Reserved => k.type_str(),
-            (Value::Counter(_), _) => "counter",
-            (Value::Gauge(_), _) => "gauge",
-            (Value::Histogram { .. }, _) => "histogram",
-            (Value::Summary { .. }, _) => "summary",
-        };
-        let is_om_counter = format == Format::OpenMetrics && kind == "counter";
         if current != Some(name) {
             current = Some(name);
+            let family = snapshot.family(name);
+            let kind = match (&series.value, family.as_ref().map(|f| f.kind)) {
+                (_, Some(k)) if k != Kind::Reserved => k.type_str(),
+                (Value::Counter(_), _) => "counter",
+                (Value::Gauge(_), _) => "gauge",
+                (Value::Histogram { .. }, _) => "histogram",
+                (Value::Summary { .. }, _) => "summary",
+            };
+            is_om_counter = format == Format::OpenMetrics && kind == "counter";
             let help = family.as_ref().map_or("", |f| &f.help);
             let family_name = if is_om_counter {
                 name.strip_suffix("_total").unwrap_or(name)
@@ -72,33 +83,88 @@ pub fn encode(snapshot: &Snapshot, format: Format, out: &mut String) {
                 name
             };
             write_header(out, family_name, help, kind, format);
-        }
-        if is_om_counter {
             counter_name.clear();
-            counter_name.push_str(name.strip_suffix("_total").unwrap_or(name));
+            counter_name.push_str(family_name);
             counter_name.push_str("_total");
-            encode_series(series, &counter_name, format, out);
+        }
+        let sample_name = if is_om_counter {
+            counter_name.as_str()
         } else {
-            encode_series(series, name, format, out);
+            name
+        };
+        encode_series(series, sample_name, format, &mut le, out);
+    }
+}
+
+fn write_header(out: &mut Vec<u8>, name: &str, help: &str, kind: &str, format: Format) {
+    out.extend_from_slice(b"# HELP ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    // OpenMetrics escapes quotes in HELP too.
+    escape_into(out, help.as_bytes(), format == Format::OpenMetrics);
+    out.extend_from_slice(b"\n# TYPE ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(kind.as_bytes());
+    out.push(b'\n');
+}
+
+/// Escapes `\`, newline and (when `quotes`) `"`, as the exposition formats want.
+fn escape_into(out: &mut Vec<u8>, v: &[u8], quotes: bool) {
+    for &b in v {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'"' if quotes => out.extend_from_slice(b"\\\""),
+            b => out.push(b),
         }
     }
 }
 
-fn write_header(out: &mut String, name: &str, help: &str, kind: &str, format: Format) {
-    match format {
-        Format::Text => {
-            let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-        }
-        // OpenMetrics escapes quotes in HELP too.
-        Format::OpenMetrics => {
-            let _ = writeln!(out, "# HELP {name} {}", escape_label_value(help));
-        }
+/// Writes a value as the formats spell it (see `common::prom::write_f64`).
+fn put_f64(out: &mut Vec<u8>, v: f64) {
+    if v.is_nan() {
+        out.extend_from_slice(b"NaN");
+    } else if v.is_infinite() {
+        out.extend_from_slice(if v > 0.0 { b"+Inf" } else { b"-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        // Exact: |v| < 2^53, so the cast loses nothing (and `-0.0` prints as `0`).
+        out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
+    } else {
+        let _ = write!(out, "{v:?}");
     }
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The `le` strings of the last bucket layout seen: series of a family share one layout.
+#[derive(Default)]
+struct LeCache {
+    bounds: Option<Arc<[f64]>>,
+    strings: Vec<Vec<u8>>,
+}
+
+impl LeCache {
+    fn get(&mut self, bounds: &Arc<[f64]>) -> &[Vec<u8>] {
+        if !self.bounds.as_ref().is_some_and(|b| Arc::ptr_eq(b, bounds)) {
+            self.strings = bounds
+                .iter()
+                .map(|b| {
+                    let mut s = Vec::new();
+                    put_f64(&mut s, *b);
+                    s
+                })
+                .chain(std::iter::once(b"+Inf".to_vec()))
+                .collect();
+            self.bounds = Some(Arc::clone(bounds));
+        }
+        &self.strings
+    }
 }
 
 /// Writes the bridge's self-metrics (a `prometheus` registry's families) in OpenMetrics.
-pub fn encode_families_openmetrics(families: &[prometheus::proto::MetricFamily], out: &mut String) {
+pub fn encode_families_openmetrics(
+    families: &[prometheus::proto::MetricFamily],
+    out: &mut Vec<u8>,
+) {
     use prometheus::proto::MetricType;
     for mf in families {
         let name = mf.name();
@@ -112,13 +178,19 @@ pub fn encode_families_openmetrics(families: &[prometheus::proto::MetricFamily],
         };
         write_header(out, family_name, mf.help(), kind, Format::OpenMetrics);
         for m in mf.get_metric() {
-            let labels: Vec<(&str, &str)> = m
+            let labels: Vec<(&[u8], &[u8])> = m
                 .get_label()
                 .iter()
-                .map(|l| (l.name(), l.value()))
+                .map(|l| (l.name().as_bytes(), l.value().as_bytes()))
                 .collect();
-            let mut line = |suffix: &str, extra: Option<(&str, &str)>, v: f64| {
-                om_sample(out, family_name, suffix, &labels, extra, v);
+            let mut line = |suffix: &str, extra: Option<(&[u8], &[u8])>, v: f64| {
+                write_sample(
+                    out,
+                    family_name,
+                    suffix,
+                    labels.iter().copied().chain(extra),
+                    v,
+                );
             };
             match mf.get_field_type() {
                 MetricType::COUNTER => line("_total", None, m.get_counter().get_value()),
@@ -126,23 +198,25 @@ pub fn encode_families_openmetrics(families: &[prometheus::proto::MetricFamily],
                 MetricType::UNTYPED => {}
                 MetricType::HISTOGRAM => {
                     let h = m.get_histogram();
-                    let mut le = String::new();
                     for b in h.get_bucket() {
-                        le.clear();
-                        write_f64(&mut le, b.upper_bound());
-                        line("_bucket", Some(("le", &le)), b.cumulative_count() as f64);
+                        let mut le = Vec::new();
+                        put_f64(&mut le, b.upper_bound());
+                        line("_bucket", Some((b"le", &le)), b.cumulative_count() as f64);
                     }
-                    line("_bucket", Some(("le", "+Inf")), h.get_sample_count() as f64);
+                    line(
+                        "_bucket",
+                        Some((b"le", b"+Inf")),
+                        h.get_sample_count() as f64,
+                    );
                     line("_sum", None, h.get_sample_sum());
                     line("_count", None, h.get_sample_count() as f64);
                 }
                 MetricType::SUMMARY => {
                     let s = m.get_summary();
-                    let mut q = String::new();
                     for quantile in s.get_quantile() {
-                        q.clear();
-                        write_f64(&mut q, quantile.quantile());
-                        line("", Some(("quantile", &q)), quantile.value());
+                        let mut q = Vec::new();
+                        put_f64(&mut q, quantile.quantile());
+                        line("", Some((b"quantile", &q)), quantile.value());
                     }
                     line("_sum", None, s.sample_sum());
                     line("_count", None, s.sample_count() as f64);
@@ -152,61 +226,65 @@ pub fn encode_families_openmetrics(families: &[prometheus::proto::MetricFamily],
     }
 }
 
-fn om_sample(
-    out: &mut String,
+fn write_sample<'a>(
+    out: &mut Vec<u8>,
     name: &str,
     suffix: &str,
-    labels: &[(&str, &str)],
-    extra: Option<(&str, &str)>,
+    labels: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     value: f64,
 ) {
-    out.push_str(name);
-    out.push_str(suffix);
-    write_labels(out, labels.iter().copied().chain(extra));
-    out.push(' ');
-    write_f64(out, value);
-    out.push('\n');
-}
-
-fn write_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, &'a str)>) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
     let mut labels = labels.peekable();
     if labels.peek().is_some() {
-        out.push('{');
+        out.push(b'{');
         for (i, (k, v)) in labels.enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            let _ = write!(out, "{k}=\"{}\"", escape_label_value(v));
+            out.extend_from_slice(k);
+            out.extend_from_slice(b"=\"");
+            escape_into(out, v, true);
+            out.push(b'"');
         }
-        out.push('}');
+        out.push(b'}');
     }
+    out.push(b' ');
+    put_f64(out, value);
+    out.push(b'\n');
 }
 
-fn encode_series(series: &SeriesSnapshot, name: &str, format: Format, out: &mut String) {
+fn encode_series(
+    series: &SeriesSnapshot,
+    name: &str,
+    format: Format,
+    le: &mut LeCache,
+    out: &mut Vec<u8>,
+) {
     // OpenMetrics treats `_sum` as counter-like: it can't be negative (or NaN), and `_count`
     // goes with it; with negative observations both are left out (the `+Inf` bucket still
     // carries the count of a histogram).
     let sum_ok = |sum: f64| format == Format::Text || sum >= 0.0;
     match &series.value {
-        Value::Counter(v) | Value::Gauge(v) => sample(out, name, "", series, None, *v),
+        Value::Counter(v) | Value::Gauge(v) => {
+            write_sample(out, name, "", series.label_bytes(), *v)
+        }
         Value::Histogram {
             bounds,
             cumulative,
             sum,
             count,
         } => {
-            let mut le = String::new();
-            for (i, c) in cumulative.iter().enumerate() {
-                le.clear();
-                match bounds.get(i) {
-                    Some(b) => write_f64(&mut le, *b),
-                    None => le.push_str("+Inf"),
-                }
-                sample(out, name, "_bucket", series, Some(("le", &le)), *c);
+            let les = le.get(bounds);
+            for (c, le) in cumulative.iter().zip(les) {
+                let with_le = series
+                    .label_bytes()
+                    .chain(std::iter::once((&b"le"[..], le.as_slice())));
+                write_sample(out, name, "_bucket", with_le, *c);
             }
             if sum_ok(*sum) {
-                sample(out, name, "_sum", series, None, *sum);
-                sample(out, name, "_count", series, None, *count);
+                write_sample(out, name, "_sum", series.label_bytes(), *sum);
+                write_sample(out, name, "_count", series.label_bytes(), *count);
             }
         }
         Value::Summary {
@@ -214,32 +292,19 @@ fn encode_series(series: &SeriesSnapshot, name: &str, format: Format, out: &mut 
             sum,
             count,
         } => {
-            let mut q = String::new();
+            let mut q = Vec::new();
             for (quantile, v) in quantiles {
                 q.clear();
-                write_f64(&mut q, *quantile);
-                sample(out, name, "", series, Some(("quantile", &q)), *v);
+                put_f64(&mut q, *quantile);
+                let with_q = series
+                    .label_bytes()
+                    .chain(std::iter::once((&b"quantile"[..], q.as_slice())));
+                write_sample(out, name, "", with_q, *v);
             }
             if sum_ok(*sum) {
-                sample(out, name, "_sum", series, None, *sum);
-                sample(out, name, "_count", series, None, *count);
+                write_sample(out, name, "_sum", series.label_bytes(), *sum);
+                write_sample(out, name, "_count", series.label_bytes(), *count);
             }
         }
     }
-}
-
-fn sample(
-    out: &mut String,
-    name: &str,
-    suffix: &str,
-    series: &SeriesSnapshot,
-    extra: Option<(&str, &str)>,
-    value: f64,
-) {
-    out.push_str(name);
-    out.push_str(suffix);
-    write_labels(out, series.labels().chain(extra));
-    out.push(' ');
-    write_f64(out, value);
-    out.push('\n');
 }

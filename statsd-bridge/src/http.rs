@@ -13,7 +13,7 @@ use hyper::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, Hea
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
-use crate::expose::{Format, encode, encode_families_openmetrics};
+use crate::expose::{Format, encode_bytes, encode_families_openmetrics};
 use crate::ingest::Ingester;
 
 /// Re-reads the config; `Ok` carries a summary for the response.
@@ -48,7 +48,7 @@ impl std::fmt::Debug for State {
 }
 
 /// Renders the whole metrics page: the store's series, then the self-metrics.
-pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) -> String {
+pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) -> Vec<u8> {
     let started = Instant::now();
     let t = &ingester.telemetry;
     if !udp_ports.is_empty() {
@@ -57,16 +57,21 @@ pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) ->
             .inc_by(drops.saturating_sub(t.udp_kernel_drops.get()));
     }
     let snapshot = ingester.store.snapshot(started);
-    let mut out = String::with_capacity(snapshot.series.len() * 64 + 8192);
-    encode(&snapshot, format, &mut out);
+    let mut out = Vec::with_capacity(snapshot.series.len() * 64 + 8192);
+    encode_bytes(&snapshot, format, &mut out);
+    drop(snapshot);
     t.series
         .set(i64::try_from(ingester.store.len()).unwrap_or(i64::MAX));
     t.scrape_duration.observe(started.elapsed().as_secs_f64());
     match format {
-        Format::Text => t.encode(&mut out),
+        Format::Text => {
+            let mut text = String::new();
+            t.encode(&mut text);
+            out.extend_from_slice(text.as_bytes());
+        }
         Format::OpenMetrics => {
             encode_families_openmetrics(&t.registry.gather(), &mut out);
-            out.push_str("# EOF\n");
+            out.extend_from_slice(b"# EOF\n");
         }
     }
     out
@@ -119,9 +124,9 @@ async fn metrics(state: &State, headers: &HeaderMap) -> Response<Body> {
     let rendered = tokio::task::spawn_blocking(move || {
         let page = render_metrics(&ingester, format, &ports);
         if compress {
-            gzip(page.as_bytes()).map(|z| (z, true))
+            gzip(&page).map(|z| (z, true))
         } else {
-            Ok((page.into_bytes(), false))
+            Ok((page, false))
         }
     })
     .await;

@@ -942,6 +942,25 @@ impl SeriesSnapshot {
         family_name(&self.key)
     }
 
+    /// Labels as raw bytes, sorted by name. The key was built from `str`s, so every slice is
+    /// valid UTF-8; the encoder writes bytes and needn't check it again.
+    pub fn label_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let start = self
+            .key
+            .iter()
+            .position(|b| *b == KEY_NAME_END)
+            .map_or(self.key.len(), |i| i + 1);
+        self.key
+            .get(start..)
+            .unwrap_or(&[])
+            .split(|b| *b == KEY_LABEL_END)
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| {
+                let at = l.iter().position(|b| *b == KEY_KV)?;
+                Some((l.get(..at)?, l.get(at + 1..)?))
+            })
+    }
+
     /// Labels, sorted by name.
     pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
         let start = self
