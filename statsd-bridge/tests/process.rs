@@ -199,3 +199,57 @@ fn port_in_use_is_a_runtime_error_not_a_panic() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("cannot bind HTTP"), "{out}");
 }
+
+#[test]
+fn many_udp_senders_over_reuseport_workers_are_counted_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "version = 1\n[bridge]\nlisten_udp = [\"127.0.0.1:0\"]\nlisten_tcp = []\nweb_listen = \"127.0.0.1:0\"\nudp_workers = 2\nshutdown_grace = \"0s\"\n";
+    let b = start(dir.path(), config);
+    const SENDERS: usize = 8;
+    const PACKETS: usize = 2_000;
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|i| {
+            let target = b.udp.clone();
+            std::thread::spawn(move || {
+                // Each sender its own socket, so the kernel spreads them over the workers.
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                for p in 0..PACKETS {
+                    let packet = format!("multi_sender:1|c|#sender:{i}\nmulti_total:1|c");
+                    sock.send_to(packet.as_bytes(), &target).unwrap();
+                    if p % 200 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let sent = (SENDERS * PACKETS * 2) as f64;
+    let metric = |page: &str, prefix: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
+    };
+    // Everything sent is either read or counted as dropped by the kernel.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let page = get(&b.web, "/metrics").1;
+        let lines = metric(&page, "statsd_bridge_lines_total{transport=\"udp\"}");
+        let drops = metric(&page, "statsd_bridge_udp_receive_buffer_drops_total");
+        if lines + 2.0 * drops >= sent {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {lines} lines read and {drops} datagrams dropped of {sent}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let accepted = metric(&page, "statsd_bridge_samples_total{type=\"counter\"}");
+    assert_eq!(metric(&page, "multi_sender{"), accepted / 2.0);
+    assert_eq!(metric(&page, "multi_total "), accepted / 2.0);
+    assert!(accepted > 0.0);
+}
