@@ -963,21 +963,8 @@ impl SeriesSnapshot {
 
     /// Labels, sorted by name.
     pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
-        let start = self
-            .key
-            .iter()
-            .position(|b| *b == KEY_NAME_END)
-            .map_or(self.key.len(), |i| i + 1);
-        self.key
-            .get(start..)
-            .unwrap_or(&[])
-            .split(|b| *b == KEY_LABEL_END)
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| {
-                let at = l.iter().position(|b| *b == KEY_KV)?;
-                let (k, v) = (l.get(..at)?, l.get(at + 1..)?);
-                Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
-            })
+        self.label_bytes()
+            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?)))
     }
 }
 
