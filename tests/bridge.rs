@@ -6,47 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
+use pipeline_tests::check::{compare, name_of};
 use pipeline_tests::dogstatsd::op;
 use pipeline_tests::exposition::{self, Series};
 use pipeline_tests::util::{parse_value, scaled, tests_dir, values_equal};
 use pipeline_tests::vectors::{self, Case};
 use pipeline_tests::{Bridge, DogStatsd, PATIENCE, Prometheus, eventually, promtool_check_metrics};
-
-/// Checks a `key → value` map against `expected`: every expected key must be there with an
-/// equal value, and every key `exact(key)` selects must be expected.
-fn compare(
-    got: &BTreeMap<String, f64>,
-    expected: &[(&str, f64)],
-    exact: impl Fn(&str) -> bool,
-) -> Result<()> {
-    let mut problems = Vec::new();
-    for (key, want) in expected {
-        match got.get(*key) {
-            Some(v) if values_equal(*v, *want) => {}
-            Some(v) => problems.push(format!("{key}: got {v}, want {want}")),
-            None => problems.push(format!("{key}: missing (want {want})")),
-        }
-    }
-    let wanted: BTreeSet<&str> = expected.iter().map(|(k, _)| *k).collect();
-    for (key, v) in got {
-        if exact(key) && !wanted.contains(key.as_str()) {
-            problems.push(format!("{key}: unexpected series (value {v})"));
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        bail!(
-            "{} problem(s):\n  {}\nall series: {got:#?}",
-            problems.len(),
-            problems.join("\n  ")
-        )
-    }
-}
-
-fn name_of(key: &str) -> &str {
-    key.split('{').next().unwrap_or(key)
-}
 
 #[test]
 fn datadog_client_values_reach_prometheus_exactly() {

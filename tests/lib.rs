@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //! - [`util`]: paths (workspace, binaries, programs, Python), [`util::eventually`], UDP sends.
+//! - [`check`]: checks on `name{labels} → value` maps ([`check::expect_all`],
+//!   [`check::compare`], …).
 //! - [`process`]: [`process::ChildGuard`], a child killed on drop whose log tail is printed
 //!   when a test fails.
 //! - [`http`]: a minimal HTTP/1.1 client.
@@ -17,6 +19,7 @@
 //! - [`exposition`]: a strict reader of the text exposition format.
 //! - [`vectors`]: the data-driven cases in `tests/data/`.
 
+pub mod check;
 pub mod dogstatsd;
 pub mod exposition;
 pub mod http;

@@ -16,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use pipeline_tests::check::{expect, expect_all, get, user_series};
 use pipeline_tests::dogstatsd::op;
 use pipeline_tests::exposition::{self, OmFamily};
 use pipeline_tests::process::ChildGuard;
@@ -41,58 +42,6 @@ fn config(extra: &str) -> String {
         "version = 1\n\n[bridge]\nlisten_udp = [\"127.0.0.1:0\"]\nlisten_tcp = [\"127.0.0.1:0\"]\n\
          web_listen = \"127.0.0.1:0\"\n{grace}{extra}\n"
     )
-}
-
-/// `map[key]`, or an error naming the key and listing what is there.
-fn get(map: &BTreeMap<String, f64>, key: &str) -> Result<f64> {
-    map.get(key).copied().ok_or_else(|| {
-        let name = key.split('{').next().unwrap_or(key);
-        let similar: Vec<&String> = map.keys().filter(|k| k.starts_with(name)).collect();
-        anyhow!("{key} is missing (series of that name: {similar:?})")
-    })
-}
-
-/// Checks `key == want` in `map`.
-fn expect(map: &BTreeMap<String, f64>, key: &str, want: f64) -> Result<()> {
-    let got = get(map, key)?;
-    ensure!(values_equal(got, want), "{key} is {got}, want {want}");
-    Ok(())
-}
-
-/// Checks every `(key, want)` and reports all mismatches at once.
-fn expect_all(map: &BTreeMap<String, f64>, expected: &[(&str, f64)]) -> Result<()> {
-    let problems: Vec<String> = expected
-        .iter()
-        .filter_map(|(k, w)| expect(map, k, *w).err().map(|e| format!("{e:#}")))
-        .collect();
-    ensure!(
-        problems.is_empty(),
-        "{} mismatch(es):\n  {}",
-        problems.len(),
-        problems.join("\n  ")
-    );
-    Ok(())
-}
-
-/// The page's series that come from the traffic, not from the bridge itself.
-fn user_series(map: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    map.iter()
-        .filter(|(k, _)| !k.starts_with("statsd_bridge_") && !k.starts_with("process_"))
-        .map(|(k, v)| (k.clone(), *v))
-        .collect()
-}
-
-/// Waits until `check` passes on the bridge's `/metrics` map and returns that map.
-fn wait_metrics(
-    bridge: &Bridge,
-    what: &str,
-    mut check: impl FnMut(&BTreeMap<String, f64>) -> Result<()>,
-) -> BTreeMap<String, f64> {
-    eventually(what, PATIENCE, || {
-        let map = bridge.metrics_map()?;
-        check(&map)?;
-        Ok(map)
-    })
 }
 
 /// Sets a stop flag when dropped, so sender threads end even when the test panics.
@@ -151,7 +100,7 @@ fn tcp_end_to_end() {
         written += piece.len();
         // The bridge must have read exactly this far before the next piece goes out, so each
         // piece is a read of its own and the framing is exercised at these offsets.
-        wait_metrics(&bridge, &format!("the bridge to read piece {i}"), |m| {
+        bridge.wait_metrics(&format!("the bridge to read piece {i}"), |m| {
             expect(
                 m,
                 r#"statsd_bridge_bytes_total{transport="tcp"}"#,
@@ -163,7 +112,7 @@ fn tcp_end_to_end() {
         .shutdown(Shutdown::Write)
         .expect("closing the write side");
 
-    let map = wait_metrics(&bridge, "the TCP lines on /metrics", |m| {
+    let map = bridge.wait_metrics("the TCP lines on /metrics", |m| {
         expect_all(
             m,
             &[
@@ -195,7 +144,7 @@ fn tcp_end_to_end() {
         .sum();
     assert_eq!(rejected, 0.0, "lines were rejected: {map:#?}");
     // The connection ended when the client closed it.
-    wait_metrics(&bridge, "the TCP connection to close", |m| {
+    bridge.wait_metrics("the TCP connection to close", |m| {
         expect(m, "statsd_bridge_tcp_connections_open{}", 0.0)
     });
 }
@@ -208,7 +157,7 @@ fn tcp_connection_limit() {
     one.write_all(b"conn_one:1|c\n").expect("writing on #1");
     let mut two = connect(addr);
     two.write_all(b"conn_two:1|c\n").expect("writing on #2");
-    wait_metrics(&bridge, "two open connections", |m| {
+    bridge.wait_metrics("two open connections", |m| {
         expect_all(
             m,
             &[
@@ -238,7 +187,7 @@ fn tcp_connection_limit() {
             started.elapsed()
         ),
     }
-    wait_metrics(&bridge, "the rejected connection to be counted", |m| {
+    bridge.wait_metrics("the rejected connection to be counted", |m| {
         expect_all(
             m,
             &[
@@ -254,19 +203,19 @@ fn tcp_connection_limit() {
         .expect("writing on #1 again");
     two.write_all(b"conn_two:2|c\n")
         .expect("writing on #2 again");
-    wait_metrics(&bridge, "the kept connections to still count", |m| {
+    bridge.wait_metrics("the kept connections to still count", |m| {
         expect_all(m, &[("conn_one{}", 2.0), ("conn_two{}", 3.0)])
     });
 
     // Closing one frees a slot for a new connection.
     drop(one);
-    wait_metrics(&bridge, "one connection to close", |m| {
+    bridge.wait_metrics("one connection to close", |m| {
         expect(m, "statsd_bridge_tcp_connections_open{}", 1.0)
     });
     let mut four = connect(addr);
     four.write_all(b"conn_four:1|c\n").expect("writing on #4");
     four.shutdown(Shutdown::Write).expect("closing #4");
-    let map = wait_metrics(&bridge, "the new connection to count", |m| {
+    let map = bridge.wait_metrics("the new connection to count", |m| {
         expect_all(
             m,
             &[
@@ -327,7 +276,7 @@ fn unixgram_end_to_end_with_the_datadog_client() {
         .expect("sending with the datadog client over the unix socket");
     assert_eq!(sent.len(), 10, "datagrams sent: {sent:#?}");
 
-    wait_metrics(&bridge, "the client's values over the unix socket", |m| {
+    bridge.wait_metrics("the client's values over the unix socket", |m| {
         expect_all(
             m,
             &[
@@ -397,7 +346,7 @@ fn relay_to_a_second_bridge() {
         .map(|i| (format!(r#"relay_s_{i}{{src="relay"}}"#), 100.0))
         .collect();
     let expected_refs: Vec<(&str, f64)> = expected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let a_map = wait_metrics(&a, "A to ingest and relay every line", |m| {
+    let a_map = a.wait_metrics("A to ingest and relay every line", |m| {
         expect_all(m, &expected_refs)?;
         expect_all(
             m,
@@ -416,7 +365,7 @@ fn relay_to_a_second_bridge() {
         )
     });
     let relay_packets = get(&a_map, "statsd_bridge_relay_packets_total{}").expect("packets");
-    let b_map = wait_metrics(&b, "B to hold A's values", |m| {
+    let b_map = b.wait_metrics("B to hold A's values", |m| {
         let mine = user_series(m);
         let theirs = user_series(&a_map);
         ensure!(mine == theirs, "B has {mine:#?}\nA has {theirs:#?}");
@@ -505,7 +454,7 @@ fn relay_to_a_second_bridge() {
         relayed, lines,
         "the relayed lines differ from the sent ones"
     );
-    wait_metrics(&c, "C's relay counters", |m| {
+    c.wait_metrics("C's relay counters", |m| {
         expect_all(
             m,
             &[
@@ -541,7 +490,7 @@ fn relay_to_a_dead_port_never_stalls_ingestion() {
         r#"statsd_bridge_lines_total{transport="udp"}"#,
         LINES as f64,
     ));
-    let map = wait_metrics(&a, "every line ingested despite the dead relay", |m| {
+    let map = a.wait_metrics("every line ingested despite the dead relay", |m| {
         expect_all(m, &expected_refs)?;
         // Every line is accounted for by the relay too, one way or another.
         let outcomes: f64 = ["relayed", "dropped", "too_long"]
@@ -584,7 +533,7 @@ fn cardinality_storm_keeps_memory_bounded() {
         stream.write_all(payload.as_bytes()).expect("writing");
         lines_sent += lines.len();
         let want = lines_sent as f64;
-        wait_metrics(&bridge, &format!("{want} TCP lines ingested"), |m| {
+        bridge.wait_metrics(&format!("{want} TCP lines ingested"), |m| {
             expect(m, r#"statsd_bridge_lines_total{transport="tcp"}"#, want)
         });
     };
@@ -598,7 +547,7 @@ fn cardinality_storm_keeps_memory_bounded() {
         .map(|i| format!("storm_fill:1|c|#id:{i}"))
         .collect();
     send(&fill);
-    let at_cap = wait_metrics(&bridge, "the store at its cap", |m| {
+    let at_cap = bridge.wait_metrics("the store at its cap", |m| {
         expect_all(
             m,
             &[
@@ -825,7 +774,7 @@ fn om_index(families: &[OmFamily]) -> BTreeMap<String, (String, String, f64)> {
 fn openmetrics_passes_the_strict_python_parser() {
     let bridge = Bridge::start(&config("openmetrics = true"), &[]);
     bridge.send_lines(OM_LINES).expect("sending UDP");
-    wait_metrics(&bridge, "every OpenMetrics test line", |m| {
+    bridge.wait_metrics("every OpenMetrics test line", |m| {
         expect_all(
             m,
             &[
@@ -979,7 +928,7 @@ fn openmetrics_stays_valid_for_edge_case_names_and_values() {
             .send_lines(&["omx.sentinel:1|c"])
             .expect("sending UDP");
         let want_lines = (lines.len() + 1) as f64;
-        let text_map = wait_metrics(&bridge, "the lines to be counted", |m| {
+        let text_map = bridge.wait_metrics("the lines to be counted", |m| {
             expect(m, "omx_sentinel{}", 1.0)?;
             expect(
                 m,
@@ -1195,7 +1144,7 @@ fn statsd_exporter_flags_start_the_bridge() {
         .send_lines(&["flags_line:1|c|#env:prod", "x,k=v:1|c"])
         .expect("sending UDP");
     bridge.send_tcp(b"flags_tcp:2|c\n").expect("sending TCP");
-    let map = wait_metrics(&bridge, "the lines sent to a flags-only bridge", |m| {
+    let map = bridge.wait_metrics("the lines sent to a flags-only bridge", |m| {
         expect_all(
             m,
             &[
@@ -1317,7 +1266,7 @@ fn shutdown_under_load_loses_nothing_accepted() {
         &tcp_sent,
     );
     // Make sure the load lands on both transports before stopping.
-    wait_metrics(&bridge, "load on both transports", |m| {
+    bridge.wait_metrics("load on both transports", |m| {
         ensure!(get(m, "load_test{}")? > 0.0, "no load yet");
         ensure!(
             get(m, r#"statsd_bridge_lines_total{transport="udp"}"#)? > 0.0

@@ -6,13 +6,14 @@
 //! Every test starts its own bridges on ephemeral loopback ports with files in temp dirs, and
 //! waits with `eventually`, never with fixed sleeps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, ensure};
+use anyhow::{Result, ensure};
+use pipeline_tests::check::{compare, expect_all, get, user_series};
 use pipeline_tests::statsd::{CliRun, run_cli};
-use pipeline_tests::util::{modified, replace_file, values_equal};
+use pipeline_tests::util::{modified, replace_file};
 use pipeline_tests::{Bridge, PATIENCE, Prometheus, eventually};
 use tempfile::TempDir;
 
@@ -44,85 +45,6 @@ fn write(dir: &TempDir, name: &str, contents: &str) -> PathBuf {
 /// `path` as a `&str` (temp paths are UTF-8).
 fn s(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
-}
-
-/// Checks `got` against `expected` exactly: every expected key with an equal value, and no
-/// key `selected(key)` picks that is not expected. Reports every problem at once.
-fn compare(
-    got: &BTreeMap<String, f64>,
-    expected: &[(&str, f64)],
-    selected: impl Fn(&str) -> bool,
-) -> Result<()> {
-    let mut problems = Vec::new();
-    for (key, want) in expected {
-        match got.get(*key) {
-            Some(v) if values_equal(*v, *want) => {}
-            Some(v) => problems.push(format!("{key}: got {v}, want {want}")),
-            None => problems.push(format!("{key}: missing (want {want})")),
-        }
-    }
-    let wanted: BTreeSet<&str> = expected.iter().map(|(k, _)| *k).collect();
-    for (key, v) in got {
-        if selected(key) && !wanted.contains(key.as_str()) {
-            problems.push(format!("{key}: unexpected series (value {v})"));
-        }
-    }
-    ensure!(
-        problems.is_empty(),
-        "{} problem(s):\n  {}\nall series: {got:#?}",
-        problems.len(),
-        problems.join("\n  ")
-    );
-    Ok(())
-}
-
-/// `map[key]`, or an error naming the key and the series of that name.
-fn get(map: &BTreeMap<String, f64>, key: &str) -> Result<f64> {
-    map.get(key).copied().ok_or_else(|| {
-        let name = key.split('{').next().unwrap_or(key);
-        let similar: Vec<&String> = map.keys().filter(|k| k.starts_with(name)).collect();
-        anyhow!("{key} is missing (series of that name: {similar:?})")
-    })
-}
-
-/// Checks every `(key, want)` in `map` (other keys are not looked at).
-fn expect_all(map: &BTreeMap<String, f64>, expected: &[(&str, f64)]) -> Result<()> {
-    let mut problems = Vec::new();
-    for (key, want) in expected {
-        match get(map, key) {
-            Ok(v) if values_equal(v, *want) => {}
-            Ok(v) => problems.push(format!("{key} is {v}, want {want}")),
-            Err(e) => problems.push(format!("{e:#}")),
-        }
-    }
-    ensure!(
-        problems.is_empty(),
-        "{} mismatch(es):\n  {}",
-        problems.len(),
-        problems.join("\n  ")
-    );
-    Ok(())
-}
-
-/// The page's series that come from the traffic, not from the bridge itself.
-fn user_series(map: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    map.iter()
-        .filter(|(k, _)| !k.starts_with("statsd_bridge_") && !k.starts_with("process_"))
-        .map(|(k, v)| (k.clone(), *v))
-        .collect()
-}
-
-/// Waits until `check` passes on the bridge's `/metrics` map and returns that map.
-fn wait_metrics(
-    bridge: &Bridge,
-    what: &str,
-    mut check: impl FnMut(&BTreeMap<String, f64>) -> Result<()>,
-) -> BTreeMap<String, f64> {
-    eventually(what, PATIENCE, || {
-        let map = bridge.metrics_map()?;
-        check(&map)?;
-        Ok(map)
-    })
 }
 
 const RELOAD_OK: &str = r#"statsd_bridge_config_reloads_total{outcome="success"}"#;
@@ -257,7 +179,7 @@ fn mapped_series_reach_prometheus() {
         },
     );
 
-    let map = wait_metrics(&bridge, "the self-metrics", |m| {
+    let map = bridge.wait_metrics("the self-metrics", |m| {
         expect_all(
             m,
             &[
@@ -344,7 +266,7 @@ fn reload_changes_a_rule_without_losing_unaffected_counters() {
             "other.q:2|c",
         ])
         .expect("sending UDP");
-    wait_metrics(&bridge, "the first sends", |m| {
+    bridge.wait_metrics("the first sends", |m| {
         expect_all(
             m,
             &[
@@ -368,8 +290,7 @@ fn reload_changes_a_rule_without_losing_unaffected_counters() {
     bridge
         .send_lines(&["app.web.requests:4|c", "other.q:5|c", "extra.e:1|c"])
         .expect("sending UDP");
-    wait_metrics(
-        &bridge,
+    bridge.wait_metrics(
         "the sends after the reload: rule A did not change, so its counter goes on from 3 \
          (not reset); B's new name has only the new sends; and a reload swaps rules, not data, \
          so the store keeps old_name's series (no TTL here) with its pre-reload value",
@@ -411,7 +332,7 @@ fn reload_changes_a_rule_without_losing_unaffected_counters() {
     bridge
         .send_lines(&["app.web.requests:1|c", "other.q:1|c"])
         .expect("sending UDP");
-    wait_metrics(&bridge, "the old rules still in force", |m| {
+    bridge.wait_metrics("the old rules still in force", |m| {
         expect_all(
             m,
             &[
@@ -433,7 +354,7 @@ fn reload_changes_a_rule_without_losing_unaffected_counters() {
     bridge.process().signal("HUP").expect("SIGHUP");
     wait_reload_state(&bridge, "after SIGHUP", (2.0, 2.0, 1.0, 2.0));
     bridge.send_lines(&["other.q:1|c"]).expect("sending UDP");
-    wait_metrics(&bridge, "the rules SIGHUP loaded", |m| {
+    bridge.wait_metrics("the rules SIGHUP loaded", |m| {
         expect_all(m, &[(r#"hup_name{key="q"}"#, 1.0)])
     });
 
@@ -444,7 +365,7 @@ fn reload_changes_a_rule_without_losing_unaffected_counters() {
         .send_lines(&["app.web.requests:1|c", "other.q:1|c"])
         .expect("sending UDP");
     // Every series ever made is still there; A counted every send.
-    wait_metrics(&bridge, "the rules the file watch loaded", |m| {
+    bridge.wait_metrics("the rules the file watch loaded", |m| {
         compare(
             &user_series(m),
             &[
@@ -612,14 +533,13 @@ fn toml_rules_work_like_yaml() {
     ];
     // Lines are counted as they arrive and the page renders the store before the
     // self-metrics, so the wait is on the series themselves.
-    let yaml_map = wait_metrics(&from_yaml, "the YAML rules' series", |m| {
+    let yaml_map = from_yaml.wait_metrics("the YAML rules' series", |m| {
         compare(&user_series(m), expected, |_| true)?;
         expect_all(m, &[(MAPPINGS, 7.0), (DROPPED_BY_RULE, 1.0)])
     });
     let yaml_series = user_series(&yaml_map);
     let same: Vec<(&str, f64)> = yaml_series.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    wait_metrics(
-        &from_toml,
+    from_toml.wait_metrics(
         "[[bridge.mapping]] rules to give the same series as the same rules in a YAML file",
         |m| {
             compare(&user_series(m), &same, |_| true)?;
@@ -904,7 +824,7 @@ fn mapping_cache_self_metrics() {
     // Lines are counted as they arrive and the page renders the store before the
     // self-metrics, so wait for the series and for all 100 lookups to be counted.
     let lookups = |bridge: &Bridge, what: &str| -> (f64, f64) {
-        let map = wait_metrics(bridge, &format!("100 lines applied ({what})"), |m| {
+        let map = bridge.wait_metrics(&format!("100 lines applied ({what})"), |m| {
             expect_all(m, &[(r#"app_requests_total{app="web"}"#, 100.0)])?;
             let looked_up = get(m, CACHE_HITS)? + get(m, CACHE_MISSES)?;
             ensure!(
@@ -967,12 +887,11 @@ fn rule_ttl_expires_series_without_a_global_ttl() {
         bridge
             .send_lines(&["short.a:1|c", "kept:1|c"])
             .expect("sending UDP");
-        wait_metrics(bridge, "both series", |m| {
+        bridge.wait_metrics("both series", |m| {
             expect_all(m, &[(r#"short_lived{key="a"}"#, 1.0), ("kept{}", 1.0)])
         });
     }
-    wait_metrics(
-        &control,
+    control.wait_metrics(
         "the control (with [bridge] ttl = \"1h\") to expire the rule's series after 1 s",
         rule_series_expired,
     );

@@ -302,6 +302,23 @@ impl Bridge {
         )
     }
 
+    /// Waits until `check` passes on the `/metrics` map and returns that map.
+    ///
+    /// # Panics
+    /// When `check` still fails after [`PATIENCE`] (scaled), with its last error, or when the
+    /// bridge exits.
+    pub fn wait_metrics(
+        &self,
+        what: &str,
+        mut check: impl FnMut(&BTreeMap<String, f64>) -> Result<()>,
+    ) -> BTreeMap<String, f64> {
+        eventually(what, PATIENCE, || {
+            let map = self.metrics_map()?;
+            check(&map)?;
+            Ok(map)
+        })
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) -> Result<()> {
         self.child.signal("TERM")
