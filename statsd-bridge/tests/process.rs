@@ -233,22 +233,25 @@ fn many_udp_senders_over_reuseport_workers_are_counted_exactly() {
             .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
             .sum()
     };
-    // Everything sent is either read or counted as dropped by the kernel.
+    // Everything sent is either read or counted as dropped by the kernel. A page's series
+    // are snapshotted just before its self-metrics, so wait until the two agree (nothing is
+    // in flight any more) before comparing them.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let page = loop {
+    let (page, accepted) = loop {
         let page = get(&b.web, "/metrics").1;
         let lines = metric(&page, "statsd_bridge_lines_total{transport=\"udp\"}");
         let drops = metric(&page, "statsd_bridge_udp_receive_buffer_drops_total");
-        if lines + 2.0 * drops >= sent {
-            break page;
+        let accepted = metric(&page, "statsd_bridge_samples_total{type=\"counter\"}");
+        let settled = metric(&page, "multi_total ") * 2.0 == accepted;
+        if lines + 2.0 * drops >= sent && settled {
+            break (page, accepted);
         }
         assert!(
             Instant::now() < deadline,
-            "only {lines} lines read and {drops} datagrams dropped of {sent}"
+            "only {lines} lines read and {drops} datagrams dropped of {sent}; {accepted} accepted"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let accepted = metric(&page, "statsd_bridge_samples_total{type=\"counter\"}");
     assert_eq!(metric(&page, "multi_sender{"), accepted / 2.0);
     assert_eq!(metric(&page, "multi_total "), accepted / 2.0);
     assert!(accepted > 0.0);
