@@ -56,21 +56,24 @@ pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) ->
         t.udp_kernel_drops
             .inc_by(drops.saturating_sub(t.udp_kernel_drops.get()));
     }
+    t.series
+        .set(i64::try_from(ingester.store.len()).unwrap_or(i64::MAX));
+    // Self-metrics first, series second: lines are counted after they are applied, so the
+    // series on the page include every line the page's counters report.
+    let families = t.registry.gather();
     let snapshot = ingester.store.snapshot(started);
     let mut out = Vec::with_capacity(snapshot.series.len() * 64 + 8192);
     encode_bytes(&snapshot, format, &mut out);
     drop(snapshot);
-    t.series
-        .set(i64::try_from(ingester.store.len()).unwrap_or(i64::MAX));
     t.scrape_duration.observe(started.elapsed().as_secs_f64());
     match format {
         Format::Text => {
             let mut text = String::new();
-            t.encode(&mut text);
+            crate::telemetry::Telemetry::encode_text(&families, &mut text);
             out.extend_from_slice(text.as_bytes());
         }
         Format::OpenMetrics => {
-            encode_families_openmetrics(&t.registry.gather(), &mut out);
+            encode_families_openmetrics(&families, &mut out);
             out.extend_from_slice(b"# EOF\n");
         }
     }

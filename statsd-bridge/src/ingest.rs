@@ -222,8 +222,14 @@ impl Ingester {
 
     /// Applies one line (without its line ending).
     pub fn line(&self, line: &[u8], transport: Transport, worker: &mut Worker, now: Instant) {
+        self.apply_line(line, transport, worker, now);
+        // Counted once applied: a page whose counters were read before its series were
+        // snapshotted then always holds every line those counters report.
+        self.telemetry.transport(transport).lines.inc();
+    }
+
+    fn apply_line(&self, line: &[u8], transport: Transport, worker: &mut Worker, now: Instant) {
         let t = &self.telemetry;
-        t.transport(transport).lines.inc();
         if let Some(relay) = &self.relay {
             relay.line(line);
         }

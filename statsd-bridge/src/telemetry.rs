@@ -400,10 +400,9 @@ impl Telemetry {
             .collect()
     }
 
-    /// Appends the self-metrics in text format.
-    pub fn encode(&self, out: &mut String) {
-        let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), out) {
+    /// Appends gathered self-metrics in text format.
+    pub fn encode_text(families: &[prometheus::proto::MetricFamily], out: &mut String) {
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(families, out) {
             tracing::warn!(error = %e, "Cannot encode the self-metrics.");
         }
     }
