@@ -356,8 +356,20 @@ impl Running {
         let mut cmd = Command::new(bin);
         cmd.arg("-f").arg("-C").arg(&conf);
         let child = spawn_logged(cmd, dir.path())?;
+        Self::started_on_ports(SystemKind::Collectd, child, dir, udp_port, web_port)
+    }
+
+    /// A system started on known loopback ports, once its page answers and its UDP socket
+    /// shows up in `/proc/net/udp`.
+    fn started_on_ports(
+        kind: SystemKind,
+        child: Child,
+        dir: TempDir,
+        udp_port: u16,
+        web_port: u16,
+    ) -> anyhow::Result<Self> {
         let mut r = Self {
-            kind: SystemKind::Collectd,
+            kind,
             child,
             dir,
             udp: SocketAddr::from(([127, 0, 0, 1], udp_port)),
@@ -380,16 +392,7 @@ impl Running {
             .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
             .arg(format!("--statsd.read-buffer={}", 8 << 20));
         let child = spawn_logged(cmd, dir.path())?;
-        let mut r = Self {
-            kind: SystemKind::StatsdExporter,
-            child,
-            dir,
-            udp: SocketAddr::from(([127, 0, 0, 1], udp_port)),
-            web: Some(SocketAddr::from(([127, 0, 0, 1], web_port))),
-            count_file: None,
-        };
-        r.wait_until(|r| r.accepted().is_ok() && crate::procfs::udp_drops(udp_port).is_some())?;
-        Ok(r)
+        Self::started_on_ports(SystemKind::StatsdExporter, child, dir, udp_port, web_port)
     }
 
     /// Waits for the ready file and returns its JSON.

@@ -19,6 +19,17 @@ fn feed(store: &Store, datagram: &str, now: Instant) -> Vec<LineResult> {
         .collect()
 }
 
+/// The reasons of the lines the store refused, in order.
+fn dropped_reasons(results: &[LineResult]) -> Vec<&'static str> {
+    results
+        .iter()
+        .filter_map(|r| match r {
+            LineResult::Dropped(r) => Some(r.reason()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn page(store: &Store, now: Instant) -> String {
     let mut out = String::new();
     encode_text(&store.snapshot(now), &mut out);
@@ -240,13 +251,7 @@ fn type_conflicts_and_name_collisions_never_break_the_page() {
         "x:1|c\nx:1|g\nx:1|ms\nh:1|ms\nh_count:1|c\nh_bucket:1|g\ny_sum:1|c\ny:1|h\nstatsd_bridge_series:1|c",
         now,
     );
-    let dropped: Vec<&str> = results
-        .iter()
-        .filter_map(|r| match r {
-            LineResult::Dropped(r) => Some(r.reason()),
-            _ => None,
-        })
-        .collect();
+    let dropped = dropped_reasons(&results);
     assert_eq!(
         dropped,
         [
@@ -472,13 +477,7 @@ fn openmetrics_mode_refuses_names_that_would_clash_there() {
         "dup:1|c\ndup_total:1|c\ng_total:1|g\ng:1|c\n_total:1|c\nh:1|h\nh_count:1|c",
         now,
     );
-    let dropped: Vec<&str> = r
-        .iter()
-        .filter_map(|r| match r {
-            LineResult::Dropped(r) => Some(r.reason()),
-            _ => None,
-        })
-        .collect();
+    let dropped = dropped_reasons(&r);
     assert_eq!(
         dropped,
         [
