@@ -1,4 +1,4 @@
-//! prom-adapter binary: not built yet.
+//! prom-adapter binary: being built.
 
 fn main() {
     eprintln!("prom-adapter is not implemented yet; see README.md");

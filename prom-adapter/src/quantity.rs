@@ -1,0 +1,1 @@
+//! Canonical Kubernetes Quantity strings from Prometheus sample values.

@@ -1,0 +1,1 @@
+//! Kubernetes label selectors: parsing, matching, and PromQL label matchers.

@@ -1,0 +1,1 @@
+//! The subset of Go text/template (delimiters `<<` `>>`) that prometheus-adapter rules use.
