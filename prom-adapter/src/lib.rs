@@ -1,6 +1,6 @@
 //! prom-adapter: serves `custom.metrics.k8s.io` and `external.metrics.k8s.io` from PromQL.
 
-pub mod prometheus;
+pub mod prom;
 pub mod quantity;
+pub mod rules;
 pub mod selector;
-pub mod template;

@@ -1,1 +1,0 @@
-//! The Prometheus HTTP API client.

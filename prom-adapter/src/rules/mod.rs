@@ -1,0 +1,3 @@
+//! Rules: prometheus-adapter config (YAML) and `[adapter]` rules (TOML) compiled into one model.
+
+pub mod template;
