@@ -143,6 +143,20 @@ pub fn field_at(src: &str, offset: usize) -> Option<String> {
     }
 }
 
+/// A YAML parser's message without its `error: line N column M:` prefix, for a
+/// [`ConfigError`] that reports the position itself.
+pub fn yaml_message(s: &str) -> String {
+    let line = s.lines().next().unwrap_or(s).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((position, message)) if position.contains("column") => message.to_owned(),
+        _ => line.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

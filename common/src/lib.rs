@@ -6,6 +6,7 @@
 //! - [`prom`]: Prometheus metric/label name sanitizing and exposition escaping.
 //! - [`telemetry`]: `tracing` subscriber setup (text or JSON, `RUST_LOG`-style filter).
 //! - [`http`]: a small hyper 1.x server loop with graceful shutdown.
+//! - [`tls`]: serving certificates (PEM or self-signed) and the rustls server config.
 //! - [`shutdown`]: one future that resolves on SIGTERM or SIGINT.
 #![deny(
     clippy::unwrap_used,
@@ -19,4 +20,5 @@ pub mod http;
 pub mod prom;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod units;

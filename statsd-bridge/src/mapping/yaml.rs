@@ -160,7 +160,7 @@ pub fn parse(src: &str, path: &Path) -> Result<(MappingSpec, Warnings), MappingE
             position: e
                 .location()
                 .map(|l| format!("{}:{}:{}", path.display(), l.line(), l.column())),
-            message: first_line(&e.to_string()),
+            message: common::config::yaml_message(&e.to_string()),
         })?
     };
     let mut warnings = Vec::new();
@@ -263,16 +263,3 @@ pub fn rule_spec(r: Rule, position: String) -> (RuleSpec, Option<String>) {
     (spec, warning)
 }
 
-/// The message without serde-saphyr's `error: line N column M:` prefix (the position is
-/// reported separately).
-fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or(s).trim();
-    let line = line.strip_prefix("error: ").unwrap_or(line);
-    match line
-        .strip_prefix("line ")
-        .and_then(|rest| rest.split_once(": "))
-    {
-        Some((position, message)) if position.contains("column") => message.to_owned(),
-        _ => line.to_owned(),
-    }
-}
