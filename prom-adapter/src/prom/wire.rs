@@ -1,0 +1,503 @@
+//! Decoding the Prometheus HTTP API's JSON answers (sans-IO).
+//!
+//! Success: `{"status":"success","data":…,"warnings":[…],"infos":[…]}`; VictoriaMetrics adds
+//! `"isPartial"` and `"stats"`, Prometheus adds `data.stats` with `stats=all`: everything not
+//! needed is ignored. Error: `{"status":"error","errorType":"bad_data","error":"…"}` with a
+//! 4xx/5xx status. Sample values stay the strings sent (`"NaN"`, `"+Inf"`, `"1e+21"`); callers
+//! decide how to turn them into quantities. Nothing here panics on any input.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use super::{Labels, PromError, QueryResult, Sample};
+
+/// The most of a non-API error body kept in [`PromError::Http`].
+pub const MAX_ERROR_BODY: usize = 512;
+
+/// Decodes a 2xx answer of `/api/v1/query`.
+pub fn decode_query(status: u16, body: &[u8]) -> Result<QueryResult, PromError> {
+    let env: Envelope<QueryData> = decode_envelope(status, body)?;
+    let data = env
+        .data
+        .ok_or_else(|| decode("success answer without \"data\""))?;
+    Ok(match data {
+        QueryData::Vector(samples) => QueryResult::Vector(
+            samples
+                .into_iter()
+                .map(|s| match s.value {
+                    Some(Point(timestamp, value)) => Ok(Sample {
+                        labels: s.metric,
+                        timestamp,
+                        value,
+                    }),
+                    None if s.histogram.is_some() => Err(decode(
+                        "native histogram samples are not supported; query a float series",
+                    )),
+                    None => Err(decode("vector sample without \"value\"")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        QueryData::Scalar(Point(timestamp, value)) => QueryResult::Scalar { timestamp, value },
+        QueryData::String(Point(timestamp, value)) => QueryResult::String { timestamp, value },
+        QueryData::Matrix(series) => {
+            QueryResult::Matrix(series.into_iter().map(|s| s.metric).collect())
+        }
+    })
+}
+
+/// Decodes a 2xx answer of `/api/v1/series`.
+pub fn decode_series(status: u16, body: &[u8]) -> Result<Vec<Labels>, PromError> {
+    let env: Envelope<Vec<Labels>> = decode_envelope(status, body)?;
+    env.data
+        .ok_or_else(|| decode("success answer without \"data\""))
+}
+
+/// Turns a non-2xx answer into [`PromError::Api`] when the body is the API's error JSON, else
+/// into [`PromError::Http`] with the start of the body.
+pub fn decode_error(status: u16, body: &[u8]) -> PromError {
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(ErrorEnvelope {
+            status: s,
+            error_type: Some(error_type),
+            error,
+        }) if s == "error" => PromError::Api {
+            status,
+            error_type,
+            error: error.unwrap_or_default(),
+        },
+        _ => PromError::Http {
+            status,
+            body: truncate_body(body),
+        },
+    }
+}
+
+/// The body as (lossy) UTF-8, trimmed, cut to at most [`MAX_ERROR_BODY`] bytes on a character
+/// boundary.
+pub fn truncate_body(body: &[u8]) -> String {
+    let head = body.get(..MAX_ERROR_BODY + 4).unwrap_or(body);
+    let mut text = String::from_utf8_lossy(head).trim().to_owned();
+    if text.len() > MAX_ERROR_BODY {
+        let mut cut = MAX_ERROR_BODY;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+fn decode(reason: impl Into<String>) -> PromError {
+    PromError::Decode {
+        reason: reason.into(),
+    }
+}
+
+/// Parses the envelope; a `status: error` body (some proxies send it with 200) becomes
+/// [`PromError::Api`] even when its `data` doesn't have the success shape.
+fn decode_envelope<'de, T: Deserialize<'de>>(
+    status: u16,
+    body: &'de [u8],
+) -> Result<Envelope<T>, PromError> {
+    match serde_json::from_slice::<Envelope<T>>(body) {
+        Ok(env) if env.status == "success" => Ok(env),
+        Ok(env) if env.status == "error" => Err(PromError::Api {
+            status,
+            error_type: env.error_type.unwrap_or_default(),
+            error: env.error.unwrap_or_default(),
+        }),
+        Ok(env) => Err(decode(format!("unknown status {:?}", env.status))),
+        Err(e) => match serde_json::from_slice::<ErrorEnvelope>(body) {
+            Ok(err) if err.status == "error" => Err(PromError::Api {
+                status,
+                error_type: err.error_type.unwrap_or_default(),
+                error: err.error.unwrap_or_default(),
+            }),
+            _ => Err(decode(format!("not the prometheus api's json: {e}"))),
+        },
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    status: String,
+    data: Option<T>,
+    #[serde(rename = "errorType", default)]
+    error_type: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    status: String,
+    #[serde(rename = "errorType", default)]
+    error_type: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
+enum QueryData {
+    Vector(Vec<WireSample>),
+    Scalar(Point),
+    Matrix(Vec<WireSeries>),
+    String(Point),
+}
+
+#[derive(Deserialize)]
+struct WireSample {
+    #[serde(default)]
+    metric: Labels,
+    #[serde(default)]
+    value: Option<Point>,
+    #[serde(default)]
+    histogram: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct WireSeries {
+    #[serde(default)]
+    metric: Labels,
+}
+
+/// `[<unix seconds>, "<value>"]`.
+#[derive(Deserialize)]
+struct Point(f64, String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn sample(pairs: &[(&str, &str)], timestamp: f64, value: &str) -> Sample {
+        Sample {
+            labels: labels(pairs),
+            timestamp,
+            value: value.to_owned(),
+        }
+    }
+
+    /// Decodes `body` as a query answer and compares, or expects a `Decode` error whose reason
+    /// contains the given text.
+    fn check_query(body: &str, expected: Result<QueryResult, &str>) {
+        let got = decode_query(200, body.as_bytes());
+        match (got, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "body: {body}"),
+            (Err(PromError::Decode { reason }), Err(want)) => {
+                assert!(reason.contains(want), "reason {reason:?} lacks {want:?}")
+            }
+            (got, want) => panic!("body {body}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn vector() {
+        check_query(
+            r#"{"status":"success","data":{"resultType":"vector","result":[
+                {"metric":{"__name__":"up","job":"prometheus","instance":"localhost:9090"},"value":[1435781451.781,"1"]},
+                {"metric":{"__name__":"up","job":"node","instance":"localhost:9100"},"value":[1435781451.781,"0"]}]}}"#,
+            Ok(QueryResult::Vector(vec![
+                sample(
+                    &[
+                        ("__name__", "up"),
+                        ("job", "prometheus"),
+                        ("instance", "localhost:9090"),
+                    ],
+                    1435781451.781,
+                    "1",
+                ),
+                sample(
+                    &[
+                        ("__name__", "up"),
+                        ("job", "node"),
+                        ("instance", "localhost:9100"),
+                    ],
+                    1435781451.781,
+                    "0",
+                ),
+            ])),
+        );
+    }
+
+    #[test]
+    fn special_values_and_exponents_are_kept_as_sent() {
+        for v in ["NaN", "+Inf", "-Inf", "1e+21", "0.30000000000000004", "-0"] {
+            check_query(
+                &format!(
+                    r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1700000000,"{v}"]}}]}}}}"#
+                ),
+                Ok(QueryResult::Vector(vec![sample(&[], 1700000000.0, v)])),
+            );
+        }
+    }
+
+    #[test]
+    fn empty_vector() {
+        check_query(
+            r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+            Ok(QueryResult::Vector(vec![])),
+        );
+    }
+
+    #[test]
+    fn scalar_and_string() {
+        check_query(
+            r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.5,"42"]}}"#,
+            Ok(QueryResult::Scalar {
+                timestamp: 1700000000.5,
+                value: "42".into(),
+            }),
+        );
+        check_query(
+            r#"{"status":"success","data":{"resultType":"string","result":[1700000000,"hello"]}}"#,
+            Ok(QueryResult::String {
+                timestamp: 1700000000.0,
+                value: "hello".into(),
+            }),
+        );
+    }
+
+    #[test]
+    fn matrix_keeps_label_sets() {
+        check_query(
+            r#"{"status":"success","data":{"resultType":"matrix","result":[
+                {"metric":{"__name__":"up","job":"prometheus"},"values":[[1435781430.781,"1"],[1435781445.781,"1"]]},
+                {"metric":{"__name__":"up","job":"node"},"values":[[1435781430.781,"0"]]}]}}"#,
+            Ok(QueryResult::Matrix(vec![
+                labels(&[("__name__", "up"), ("job", "prometheus")]),
+                labels(&[("__name__", "up"), ("job", "node")]),
+            ])),
+        );
+    }
+
+    #[test]
+    fn warnings_infos_and_stats_are_ignored() {
+        // Prometheus 2.x/3.x with warnings, infos and `stats=all` inside data.
+        check_query(
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"pod":"a"},"value":[1700000000.123,"2.5"]}],
+                "stats":{"timings":{"evalTotalTime":0.0001},"samples":{"totalQueryableSamples":1,"peakSamples":1}}},
+                "warnings":["PromQL warning: encountered a mix of histograms and floats"],"infos":["PromQL info: metric might not be a counter"]}"#,
+            Ok(QueryResult::Vector(vec![sample(
+                &[("pod", "a")],
+                1700000000.123,
+                "2.5",
+            )])),
+        );
+    }
+
+    #[test]
+    fn victoriametrics_bodies() {
+        // VictoriaMetrics: `isPartial` before `data`, `stats` after, integer timestamps.
+        check_query(
+            r#"{"status":"success","isPartial":false,"data":{"resultType":"vector","result":[{"metric":{"__name__":"http_requests_total","pod":"web-1"},"value":[1700000000,"17"]}]},"stats":{"seriesFetched": "1","executionTimeMsec":0}}"#,
+            Ok(QueryResult::Vector(vec![sample(
+                &[("__name__", "http_requests_total"), ("pod", "web-1")],
+                1700000000.0,
+                "17",
+            )])),
+        );
+        let series = decode_series(
+            200,
+            br#"{"status":"success","isPartial":false,"data":[{"__name__":"up","job":"vm"}]}"#,
+        );
+        assert_eq!(
+            series,
+            Ok(vec![labels(&[("__name__", "up"), ("job", "vm")])])
+        );
+    }
+
+    #[test]
+    fn result_type_may_follow_result() {
+        check_query(
+            r#"{"data":{"result":[1700000000,"1"],"resultType":"scalar"},"status":"success"}"#,
+            Ok(QueryResult::Scalar {
+                timestamp: 1700000000.0,
+                value: "1".into(),
+            }),
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_decode_errors() {
+        check_query("", Err("not the prometheus api's json"));
+        check_query("<html>hello</html>", Err("not the prometheus api's json"));
+        check_query(r#"{"status":"success"}"#, Err("without \"data\""));
+        check_query(r#"{"status":"weird","data":null}"#, Err("unknown status"));
+        check_query(
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,1]}]}}"#,
+            Err("not the prometheus api's json"),
+        );
+        check_query(
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1]}]}}"#,
+            Err("not the prometheus api's json"),
+        );
+        check_query(
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{}}]}}"#,
+            Err("without \"value\""),
+        );
+        check_query(
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"histogram":[1,{"count":"1","sum":"1"}]}]}}"#,
+            Err("native histogram"),
+        );
+        check_query(
+            r#"{"status":"success","data":{"resultType":"tensor","result":[]}}"#,
+            Err("not the prometheus api's json"),
+        );
+        check_query(
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":1},"value":[1,"1"]}]}}"#,
+            Err("not the prometheus api's json"),
+        );
+    }
+
+    #[test]
+    fn series_list() {
+        let body = br#"{"status":"success","data":[
+            {"__name__":"up","job":"prometheus","instance":"localhost:9090"},
+            {"__name__":"process_start_time_seconds","job":"prometheus","instance":"localhost:9090"}]}"#;
+        assert_eq!(
+            decode_series(200, body),
+            Ok(vec![
+                labels(&[
+                    ("__name__", "up"),
+                    ("job", "prometheus"),
+                    ("instance", "localhost:9090")
+                ]),
+                labels(&[
+                    ("__name__", "process_start_time_seconds"),
+                    ("job", "prometheus"),
+                    ("instance", "localhost:9090")
+                ]),
+            ])
+        );
+        assert_eq!(
+            decode_series(200, br#"{"status":"success","data":[]}"#),
+            Ok(vec![])
+        );
+        assert!(matches!(
+            decode_series(
+                200,
+                br#"{"status":"success","data":{"resultType":"vector"}}"#
+            ),
+            Err(PromError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn api_error_bodies() {
+        let cases: &[(u16, &str, &str, &str, &str)] = &[
+            (
+                400,
+                r#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": 1:5: parse error: unexpected right parenthesis ')'"}"#,
+                "bad_data",
+                "invalid parameter \"query\": 1:5: parse error: unexpected right parenthesis ')'",
+                "bad_data",
+            ),
+            (
+                422,
+                r#"{"status":"error","errorType":"execution","error":"query processing would load too many samples into memory in query execution"}"#,
+                "execution",
+                "query processing would load too many samples into memory in query execution",
+                "execution",
+            ),
+            (
+                503,
+                r#"{"status":"error","errorType":"unavailable","error":"TSDB not ready"}"#,
+                "unavailable",
+                "TSDB not ready",
+                "unavailable",
+            ),
+            (
+                503,
+                r#"{"status":"error","errorType":"timeout","error":"query timed out in expression evaluation"}"#,
+                "timeout",
+                "query timed out in expression evaluation",
+                "timeout",
+            ),
+            (
+                422,
+                r#"{"status":"error","errorType":"execution","error":"boom","data":{"resultType":"vector","result":[]},"warnings":["w"]}"#,
+                "execution",
+                "boom",
+                "execution",
+            ),
+        ];
+        for &(status, body, error_type, error, kind) in cases {
+            let want = PromError::Api {
+                status,
+                error_type: error_type.into(),
+                error: error.into(),
+            };
+            let got = decode_error(status, body.as_bytes());
+            assert_eq!(got, want);
+            assert_eq!(got.kind(), kind);
+        }
+    }
+
+    #[test]
+    fn error_status_in_a_2xx_answer_is_an_api_error() {
+        let body = br#"{"status":"error","errorType":"bad_data","error":"nope","data":"odd"}"#;
+        let want = PromError::Api {
+            status: 200,
+            error_type: "bad_data".into(),
+            error: "nope".into(),
+        };
+        assert_eq!(decode_query(200, body), Err(want.clone()));
+        assert_eq!(decode_series(200, body), Err(want));
+    }
+
+    #[test]
+    fn other_error_bodies_are_http_errors_truncated() {
+        assert_eq!(
+            decode_error(404, b"404 page not found\n"),
+            PromError::Http {
+                status: 404,
+                body: "404 page not found".into()
+            }
+        );
+        assert_eq!(
+            decode_error(502, br#"{"message":"bad gateway"}"#),
+            PromError::Http {
+                status: 502,
+                body: r#"{"message":"bad gateway"}"#.into()
+            }
+        );
+        let long = "é".repeat(1000);
+        match decode_error(401, long.as_bytes()) {
+            PromError::Http { status: 401, body } => {
+                assert!(body.len() <= MAX_ERROR_BODY);
+                assert!(body.len() >= MAX_ERROR_BODY - 4);
+                assert!(body.chars().all(|c| c == 'é'));
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        assert_eq!(truncate_body(b"\xff\xfeabc"), "\u{fffd}\u{fffd}abc");
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512), status in 100u16..600) {
+            let _ = decode_query(status, &body);
+            let _ = decode_series(status, &body);
+            let _ = decode_error(status, &body);
+            let _ = truncate_body(&body);
+        }
+
+        #[test]
+        fn decoding_json_like_text_never_panics(body in r#"[\[\]{}":,0-9a-zA-Z_. \\+-]{0,200}"#) {
+            let wrapped = format!(r#"{{"status":"success","data":{{"resultType":"vector","result":{body}}}}}"#);
+            let _ = decode_query(200, wrapped.as_bytes());
+            let _ = decode_query(200, body.as_bytes());
+            let _ = decode_series(200, body.as_bytes());
+            let _ = decode_error(500, body.as_bytes());
+        }
+    }
+}
