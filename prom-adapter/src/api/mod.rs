@@ -1,0 +1,127 @@
+//! Only this module knows the Kubernetes JSON shapes: request paths in, bodies out.
+//!
+//! # Layout
+//! - [`route`]: request path and query → [`route::Route`].
+//! - [`types`]: value lists, discovery documents and timestamps, pinned by golden tests.
+//! - [`ApiError`]: every failure as a `metav1.Status` with the matching HTTP code.
+
+pub mod route;
+pub mod types;
+
+use serde::Serialize;
+
+/// The custom metrics API group.
+pub const CUSTOM_GROUP: &str = "custom.metrics.k8s.io";
+/// The external metrics API group.
+pub const EXTERNAL_GROUP: &str = "external.metrics.k8s.io";
+
+/// A request that fails, classified as Kubernetes clients expect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// Unknown metric, object or path (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Malformed selector or path (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Anything but GET (405).
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    /// The backend is down, erroring, or has no usable value (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or a rule that cannot work (500).
+    #[error("Internal error occurred: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status code.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::NotFound(_) => 404,
+            Self::BadRequest(_) => 400,
+            Self::MethodNotAllowed => 405,
+            Self::Unavailable(_) => 503,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    /// The `metav1.StatusReason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "NotFound",
+            Self::BadRequest(_) => "BadRequest",
+            Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::Unavailable(_) => "ServiceUnavailable",
+            Self::Internal(_) => "InternalError",
+        }
+    }
+
+    /// CMA's wording for a metric the rules don't serve: "the server could not find the
+    /// metric X for Y".
+    pub fn metric_not_found(metric: &str, what: &str) -> Self {
+        Self::NotFound(format!(
+            "the server could not find the metric {metric} for {what}"
+        ))
+    }
+
+    /// The `metav1.Status` body.
+    pub fn status_body(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Status<'a> {
+            kind: &'static str,
+            api_version: &'static str,
+            metadata: types::ListMeta,
+            status: &'static str,
+            message: &'a str,
+            reason: &'static str,
+            code: u16,
+        }
+        let message = self.to_string();
+        serde_json::to_vec(&Status {
+            kind: "Status",
+            api_version: "v1",
+            metadata: types::ListMeta {},
+            status: "Failure",
+            message: &message,
+            reason: self.reason(),
+            code: self.code(),
+        })
+        .unwrap_or_else(|_| {
+            b"{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\"}".to_vec()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_bodies_golden() {
+        let body: serde_json::Value = serde_json::from_slice(
+            &ApiError::metric_not_found("http_requests", "pods").status_body(),
+        )
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": "the server could not find the metric http_requests for pods",
+                   "reason": "NotFound", "code": 404})
+        );
+        for (e, code, reason) in [
+            (ApiError::BadRequest("x".into()), 400, "BadRequest"),
+            (ApiError::MethodNotAllowed, 405, "MethodNotAllowed"),
+            (ApiError::Unavailable("x".into()), 503, "ServiceUnavailable"),
+            (ApiError::Internal("x".into()), 500, "InternalError"),
+        ] {
+            let body: serde_json::Value = serde_json::from_slice(&e.status_body()).unwrap();
+            assert_eq!(body["code"], code);
+            assert_eq!(body["reason"], reason);
+            assert_eq!(e.code(), code);
+        }
+    }
+}
