@@ -36,6 +36,11 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
     apt_packages+=(python3 python3-venv)
 fi
+# kubectl reads the adapter's API in the end-to-end tests (`kubectl get --raw`). Debian's
+# archive has no kubectl; the machine's apt sources (Google's or pkgs.k8s.io) provide it.
+if ! command -v kubectl >/dev/null 2>&1; then
+    apt_packages+=(kubectl)
+fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     step "Installing Debian packages: ${apt_packages[*]}"
     as_root apt-get update -q
@@ -45,14 +50,15 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
         --no-install-recommends "${apt_packages[@]}"; then
         echo "warning: apt-get install reported an error; checking the programs anyway" >&2
     fi
-    for program in prometheus promtool victoria-metrics python3; do
+    for program in prometheus promtool victoria-metrics python3 kubectl; do
         if ! command -v "$program" >/dev/null 2>&1; then
             echo "error: $program is still missing after apt-get install" >&2
+            [ "$program" = kubectl ] && echo "  add the Kubernetes apt repository (https://pkgs.k8s.io) or install kubectl by hand" >&2
             exit 1
         fi
     done
 else
-    step "Debian packages: prometheus, promtool, victoria-metrics already installed"
+    step "Packages: prometheus, promtool, victoria-metrics, kubectl already installed"
 fi
 
 # --- Python venv -----------------------------------------------------------------------------

@@ -1,6 +1,160 @@
-//! prom-adapter binary: being built.
+//! The `prom-adapter` binary: flags and config in, [`prom_adapter::run`] out.
 
-fn main() {
-    eprintln!("prom-adapter is not implemented yet; see README.md");
-    std::process::exit(64);
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use prom_adapter::cli::{Cli, Command, strip_ignored};
+use prom_adapter::config::{AdapterConfig, Config, load_pipeline};
+
+/// Config or usage error (sysexits' EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// The config from `--config` (rules YAML, or pipeline.toml when it ends in `.toml`) with
+/// the flags applied.
+fn load(cli: &Cli, file: Option<&Path>) -> Result<Config, String> {
+    let (mut adapter, src, path, base) = match file {
+        Some(p) if p.extension().is_some_and(|e| e == "toml") => {
+            let (adapter, src) = load_pipeline(p).map_err(|e| e.to_string())?;
+            let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            (adapter, src, p.to_path_buf(), base)
+        }
+        Some(p) => {
+            let adapter = AdapterConfig {
+                rules_file: toml::Spanned::new(0..0, p.display().to_string()),
+                ..AdapterConfig::default()
+            };
+            (
+                adapter,
+                String::new(),
+                PathBuf::from("<flags>"),
+                PathBuf::new(),
+            )
+        }
+        None => (
+            AdapterConfig::default(),
+            String::new(),
+            PathBuf::from("<defaults>"),
+            PathBuf::new(),
+        ),
+    };
+    cli.apply(&mut adapter)?;
+    Config::validate(adapter, &src, &path, &base).map_err(|e| e.to_string())
+}
+
+fn usage_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("prom-adapter: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let (args, ignored) = strip_ignored(std::env::args().collect());
+    let cli = Cli::parse_from(args);
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => {
+            let file = file
+                .clone()
+                .or_else(|| cli.config.clone())
+                .unwrap_or_else(|| "pipeline.toml".into());
+            return match load(&cli, Some(&file)) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(e),
+            };
+        }
+        Some(cmd @ Command::Render { .. }) => {
+            let cfg = match load(&cli, cli.config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(e) => return usage_error(e),
+            };
+            let rendered = runtime()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(prom_adapter::render(cfg, cmd)));
+            return match rendered {
+                Ok(promql) => {
+                    println!("{promql}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("prom-adapter: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
+    }
+    let cfg = match load(&cli, cli.config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(e) => return usage_error(e),
+    };
+    let directives = common::telemetry::directives_for_level(
+        cfg.adapter.log_level.get_ref(),
+        &["prom_adapter", "common"],
+    );
+    if let Err(e) = directives.and_then(|d| common::telemetry::init(&d, cfg.adapter.log_format)) {
+        return usage_error(e);
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, rules = cfg.rules.custom.len(), external_rules = cfg.rules.external.len(), prometheus = %cfg.prometheus.url, "Starting prom-adapter.");
+    tracing::warn!(
+        "Authentication and authorization are not implemented yet: every request is served."
+    );
+    for flag in ignored {
+        tracing::warn!(
+            flag,
+            "Accepted a prometheus-adapter flag that has no effect here."
+        );
+    }
+    for w in &cfg.warnings {
+        tracing::warn!(warning = %w, "Config warning.");
+    }
+    let tls = match prom_adapter::serving_tls(&cfg.adapter) {
+        Ok(tls) => tls,
+        Err(e) => return usage_error(e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the async runtime.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(address = %bound, "Serving HTTPS.");
+        if let Some(path) = &cli.ready_file
+            && let Err(e) =
+                write_ready_file(path, &serde_json::json!({ "secure": bound.to_string() }))
+        {
+            tracing::error!(path = %path.display(), error = %e, "Cannot write the ready file.");
+        }
+        prom_adapter::run(cfg, listener, Arc::clone(&tls), common::shutdown::signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "prom-adapter failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_ready_file(path: &Path, body: &serde_json::Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(tmp, path)
 }

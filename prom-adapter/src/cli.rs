@@ -1,0 +1,377 @@
+//! Command-line flags, under prometheus-adapter's names so its Deployment args work unchanged.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use common::units::Duration as ConfigDuration;
+
+use crate::config::AdapterConfig;
+
+/// Serves the Kubernetes custom and external metrics APIs (custom.metrics.k8s.io v1beta1 and
+/// v1beta2, external.metrics.k8s.io v1beta1) from PromQL, for the HorizontalPodAutoscaler.
+/// Reads prometheus-adapter's rules file and flags unchanged. Settings also come from the
+/// `[adapter]` table of a pipeline.toml; flags override it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "prom-adapter", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Rules: prometheus-adapter's config YAML (`rules`, `externalRules`). A file ending in
+    /// `.toml` is read as pipeline.toml instead (its `[adapter]` table, rules included).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Base URL of the Prometheus API (Thanos, Mimir and VictoriaMetrics work too); a path
+    /// prefix is kept. Default: http://127.0.0.1:9090.
+    #[arg(long, global = true, value_name = "URL")]
+    pub prometheus_url: Option<String>,
+
+    /// How often every rule's series query refreshes the metric lists. Default: 1m.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub metrics_relist_interval: Option<ConfigDuration>,
+
+    /// How far back discovery looks for series; at least the relist interval (its default).
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub metrics_max_age: Option<ConfigDuration>,
+
+    /// HTTPS port; 0 picks a free one (see --ready-file). Default: 6443.
+    #[arg(long, value_name = "PORT")]
+    pub secure_port: Option<u16>,
+
+    /// Address to listen on. Default: 0.0.0.0.
+    #[arg(long, value_name = "IP")]
+    pub bind_address: Option<IpAddr>,
+
+    /// Serving certificate (PEM). Without it, a self-signed pair is generated at start.
+    #[arg(long, value_name = "FILE", requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<String>,
+
+    /// Key of --tls-cert-file (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<String>,
+
+    /// Directory for the self-signed pair (apiserver.crt, apiserver.key), reused across
+    /// restarts. Ignored when --tls-cert-file is given.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<String>,
+
+    /// HTTP method for Prometheus queries: GET or POST (POST avoids URL length limits).
+    #[arg(long, global = true, value_name = "VERB")]
+    pub prometheus_verb: Option<String>,
+
+    /// Extra header for every Prometheus request, `Key=Value`; repeatable
+    /// (e.g. X-Scope-OrgID=tenant-1).
+    #[arg(long = "prometheus-header", global = true, value_name = "KEY=VALUE")]
+    pub prometheus_headers: Vec<String>,
+
+    /// CA bundle (PEM) to verify an HTTPS Prometheus.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub prometheus_ca_file: Option<String>,
+
+    /// Bearer token file for Prometheus; re-read when it changes.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub prometheus_token_file: Option<String>,
+
+    /// Client certificate (PEM) for mutual TLS to Prometheus.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub prometheus_client_tls_cert_file: Option<String>,
+
+    /// Key of --prometheus-client-tls-cert-file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub prometheus_client_tls_key_file: Option<String>,
+
+    /// Timeout of each Prometheus call, also sent as its `timeout` parameter. Default: 30s.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub prometheus_timeout: Option<ConfigDuration>,
+
+    /// Log verbosity as Kubernetes components take it: 0-3 info, 4-7 debug (each
+    /// Prometheus call), 8+ trace. RUST_LOG overrides it.
+    #[arg(long = "v", visible_alias = "verbosity", value_name = "N")]
+    pub verbosity: Option<u8>,
+
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Write `{"secure": "ADDR"}` here once the HTTPS listener is bound (for tests and
+    /// scripts that start the adapter on port 0).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Validate a rules YAML or a pipeline.toml and exit (0: valid; 64: an error naming
+    /// the file, line and field).
+    CheckConfig {
+        /// The file; defaults to --config, then pipeline.toml.
+        file: Option<PathBuf>,
+    },
+    /// Print the PromQL a request would run. Asks Prometheus for the series (as discovery
+    /// does) to find the series behind the metric.
+    Render {
+        /// The metric name as the API serves it.
+        #[arg(long)]
+        metric: String,
+        /// Group-qualified resource (pods, namespaces, deployments.apps); ignored with
+        /// --external.
+        #[arg(long, default_value = "pods")]
+        resource: String,
+        /// The request's namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// One object's name; without it, every object (`*`).
+        #[arg(long)]
+        name: Option<String>,
+        /// `labelSelector` (for --external: the metric selector).
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// `metricLabelSelector`.
+        #[arg(long, default_value = "")]
+        metric_selector: String,
+        /// An external metric instead of a custom one.
+        #[arg(long)]
+        external: bool,
+    },
+}
+
+/// prometheus-adapter and k8s.io/apiserver flags accepted for compatibility, with no
+/// effect here (logged once at start). Those taking no value are marked `false`.
+pub const IGNORED_FLAGS: &[(&str, bool)] = &[
+    ("prometheus-auth-incluster", false),
+    ("prometheus-auth-config", true),
+    ("disable-http2", false),
+    ("lister-kubeconfig", true),
+    ("kubeconfig", true),
+    ("discovery-interval", true),
+    ("client-qps", true),
+    ("client-burst", true),
+    ("authentication-kubeconfig", true),
+    ("authentication-skip-lookup", false),
+    ("authentication-tolerate-lookup-failure", false),
+    ("authentication-token-webhook-cache-ttl", true),
+    ("authorization-kubeconfig", true),
+    ("authorization-always-allow-paths", true),
+    ("authorization-webhook-cache-authorized-ttl", true),
+    ("authorization-webhook-cache-unauthorized-ttl", true),
+    ("client-ca-file", true),
+    ("requestheader-client-ca-file", true),
+    ("requestheader-allowed-names", true),
+    ("requestheader-username-headers", true),
+    ("requestheader-group-headers", true),
+    ("requestheader-extra-headers-prefix", true),
+    ("requestheader-uid-headers", true),
+    ("tls-cipher-suites", true),
+    ("tls-min-version", true),
+    ("tls-sni-cert-key", true),
+    ("profiling", false),
+    ("enable-priority-and-fairness", false),
+    ("logtostderr", false),
+    ("alsologtostderr", false),
+    ("log-dir", true),
+    ("log-file", true),
+    ("feature-gates", true),
+    ("audit-log-path", true),
+    ("audit-policy-file", true),
+];
+
+/// Splits prometheus-adapter's no-op flags off `args` (program name first). Returns the
+/// arguments for clap and the names of the flags dropped. Go flags may be written `-flag`,
+/// `--flag`, `--flag=value` or `--flag value`; boolean ones also `--flag=false`.
+pub fn strip_ignored(args: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut dropped = Vec::new();
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let name = arg.trim_start_matches('-');
+        let (name, inline_value) = match name.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (name, false),
+        };
+        let known = if arg.starts_with('-') && !arg.starts_with("---") {
+            IGNORED_FLAGS.iter().find(|(n, _)| *n == name)
+        } else {
+            None
+        };
+        match known {
+            Some((n, takes_value)) => {
+                dropped.push((*n).to_owned());
+                if *takes_value && !inline_value {
+                    iter.next();
+                }
+            }
+            None => kept.push(go_style(arg)),
+        }
+    }
+    (kept, dropped)
+}
+
+/// Go's flag package takes `-flag`; clap wants `--flag` for long names.
+fn go_style(arg: String) -> String {
+    match arg.strip_prefix('-') {
+        Some(rest) if !rest.starts_with('-') && rest.len() > 1 => format!("--{rest}"),
+        _ => arg,
+    }
+}
+
+impl Cli {
+    /// Applies the flags over the config table.
+    pub fn apply(&self, a: &mut AdapterConfig) -> Result<(), String> {
+        fn set(field: &mut toml::Spanned<String>, value: String) {
+            *field = toml::Spanned::new(0..0, value);
+        }
+        if let Some(url) = &self.prometheus_url {
+            set(&mut a.prometheus_url, url.clone());
+        }
+        if let Some(d) = self.metrics_relist_interval {
+            a.relist_interval = toml::Spanned::new(0..0, d);
+        }
+        if let Some(d) = self.metrics_max_age {
+            a.metrics_max_age = toml::Spanned::new(0..0, d);
+        }
+        if self.secure_port.is_some() || self.bind_address.is_some() {
+            let current: std::net::SocketAddr = a
+                .listen
+                .get_ref()
+                .parse()
+                .unwrap_or_else(|_| ([0, 0, 0, 0], 6443).into());
+            let ip = self.bind_address.unwrap_or(current.ip());
+            let port = self.secure_port.unwrap_or(current.port());
+            set(
+                &mut a.listen,
+                std::net::SocketAddr::new(ip, port).to_string(),
+            );
+        }
+        if let Some(v) = &self.tls_cert_file {
+            a.tls_cert_file = v.clone();
+        }
+        if let Some(v) = &self.tls_private_key_file {
+            a.tls_private_key_file = v.clone();
+        }
+        if let Some(v) = &self.cert_dir {
+            a.cert_dir = v.clone();
+        }
+        if let Some(v) = &self.prometheus_verb {
+            set(&mut a.prometheus_verb, v.clone());
+        }
+        for h in &self.prometheus_headers {
+            let (k, v) = h
+                .split_once('=')
+                .ok_or_else(|| format!("--prometheus-header `{h}`: expected Key=Value"))?;
+            a.prometheus_headers
+                .insert(k.trim().to_owned(), v.to_owned());
+        }
+        if let Some(v) = &self.prometheus_ca_file {
+            a.prometheus_ca_file = v.clone();
+        }
+        if let Some(v) = &self.prometheus_token_file {
+            a.prometheus_token_file = v.clone();
+        }
+        if let Some(v) = &self.prometheus_client_tls_cert_file {
+            a.prometheus_client_cert_file = v.clone();
+        }
+        if let Some(v) = &self.prometheus_client_tls_key_file {
+            a.prometheus_client_key_file = v.clone();
+        }
+        if let Some(d) = self.prometheus_timeout {
+            a.prometheus_timeout = d;
+        }
+        if let Some(v) = self.verbosity {
+            let level = match v {
+                0..=3 => "info",
+                4..=7 => "debug",
+                _ => "trace",
+            };
+            set(&mut a.log_level, level.to_owned());
+        }
+        if let Some(f) = &self.log_format {
+            a.log_format = match f.as_str() {
+                "text" => common::telemetry::LogFormat::Text,
+                "json" => common::telemetry::LogFormat::Json,
+                other => return Err(format!("--log-format `{other}`: expected text or json")),
+            };
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn prometheus_adapter_deployment_args_parse() {
+        // The args of prometheus-adapter's deploy/manifests/deployment.yaml.
+        let (kept, dropped) = strip_ignored(args(
+            "prom-adapter --cert-dir=/var/run/serving-cert --config=/etc/adapter/config.yaml \
+             --metrics-relist-interval=1m --prometheus-url=https://prometheus.monitoring.svc:9090/ \
+             --secure-port=6443 --tls-cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 \
+             --v=6 -logtostderr --disable-http2 --authorization-always-allow-paths /healthz",
+        ));
+        assert_eq!(
+            dropped,
+            vec![
+                "tls-cipher-suites",
+                "logtostderr",
+                "disable-http2",
+                "authorization-always-allow-paths"
+            ]
+        );
+        let cli = Cli::try_parse_from(kept).unwrap();
+        assert_eq!(cli.secure_port, Some(6443));
+        assert_eq!(cli.verbosity, Some(6));
+        let mut cfg = AdapterConfig::default();
+        cli.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.listen.get_ref(), "0.0.0.0:6443");
+        assert_eq!(cfg.cert_dir, "/var/run/serving-cert");
+        assert_eq!(cfg.log_level.get_ref(), "debug");
+        assert_eq!(
+            cfg.prometheus_url.get_ref(),
+            "https://prometheus.monitoring.svc:9090/"
+        );
+    }
+
+    #[test]
+    fn headers_and_bind_address() {
+        let cli = Cli::try_parse_from(args(
+            "prom-adapter --prometheus-header X-Scope-OrgID=t1 --prometheus-header A=b=c \
+             --bind-address 127.0.0.1 --secure-port 0",
+        ))
+        .unwrap();
+        let mut cfg = AdapterConfig::default();
+        cli.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.prometheus_headers["X-Scope-OrgID"], "t1");
+        assert_eq!(cfg.prometheus_headers["A"], "b=c");
+        assert_eq!(cfg.listen.get_ref(), "127.0.0.1:0");
+        let bad = Cli::try_parse_from(args("prom-adapter --prometheus-header nope")).unwrap();
+        assert!(bad.apply(&mut cfg).is_err());
+    }
+
+    #[test]
+    fn unknown_flags_still_fail() {
+        let (kept, dropped) = strip_ignored(args("prom-adapter --no-such-flag"));
+        assert!(dropped.is_empty());
+        assert!(Cli::try_parse_from(kept).is_err());
+    }
+
+    #[test]
+    fn help_documents_every_flag() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            assert!(
+                arg.get_help().is_some() || arg.get_id() == "help" || arg.get_id() == "version",
+                "flag {} has no help",
+                arg.get_id()
+            );
+        }
+    }
+}

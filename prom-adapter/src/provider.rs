@@ -1,0 +1,919 @@
+//! Rules + a [`PromApi`] → API answers: discovery, custom and external metric values.
+//!
+//! Handlers stay thin: they parse a [`Route`](crate::api::route::Route) and call one method
+//! here; tests drive these methods with the fake backend.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::api::ApiError;
+use crate::api::route::{CustomRequest, ExternalRequest, ObjectName};
+use crate::api::types::{ApiResource, ExternalMetricValue, MetricValue, ObjectReference, rfc3339};
+use crate::discovery::{CustomEntry, ExternalEntry, Registry, RuleFindings};
+use crate::prom::{Labels, PromApi, PromError, QueryResult, Sample};
+use crate::quantity::{self, ValueError};
+use crate::rules::query::{self, Objects, QueryError, RenderedQuery, quote};
+use crate::rules::resources::GroupResource;
+use crate::rules::{EmptyPolicy, NonFinitePolicy, Rule, RuleSet};
+use crate::selector::Selector;
+use crate::telemetry::Metrics;
+
+/// On-demand relists (for a metric not listed yet) run at most this often.
+const ON_DEMAND_GAP: Duration = Duration::from_secs(1);
+
+/// How a relist went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelistOutcome {
+    /// Distinct series queries asked.
+    pub queries: usize,
+    /// Of which failed (their rules keep their last findings).
+    pub failed: usize,
+    /// Custom metrics listed afterwards.
+    pub custom: usize,
+    /// External metrics listed afterwards.
+    pub external: usize,
+}
+
+/// The adapter's core, generic over the backend.
+pub struct Provider<P> {
+    prom: P,
+    rules: Arc<RuleSet>,
+    registry: RwLock<Arc<Registry>>,
+    metrics: Arc<Metrics>,
+    max_age: Duration,
+    last_relist: tokio::sync::Mutex<Option<Instant>>,
+}
+
+fn backend_error(e: &PromError) -> ApiError {
+    ApiError::Unavailable(format!("unable to fetch metrics from Prometheus: {e}"))
+}
+
+fn bad_selector(param: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(format!("invalid {param}: {e}"))
+}
+
+fn query_error(e: QueryError) -> ApiError {
+    match e {
+        QueryError::Selector(e) => bad_selector("selector", e),
+        QueryError::NoLabelFor(r) => ApiError::NotFound(format!(
+            "the rule serving this metric has no label for resource {r}"
+        )),
+        QueryError::Template(e) => ApiError::Internal(format!("metricsQuery: {e}")),
+    }
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl<P: PromApi> Provider<P> {
+    /// A provider serving what the rules name statically until the first relist.
+    pub fn new(prom: P, rules: Arc<RuleSet>, metrics: Arc<Metrics>, max_age: Duration) -> Self {
+        let registry = Registry::from_rules(&rules);
+        let provider = Self {
+            prom,
+            registry: RwLock::new(Arc::new(registry)),
+            rules,
+            metrics,
+            max_age,
+            last_relist: tokio::sync::Mutex::new(None),
+        };
+        provider.publish_counts();
+        provider
+    }
+
+    /// The rules served.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// The current registry.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .map(|r| Arc::clone(&r))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+    }
+
+    fn publish_counts(&self) {
+        let r = self.registry();
+        self.metrics
+            .discovered
+            .with_label_values(&["custom"])
+            .set(r.custom_len() as i64);
+        self.metrics
+            .discovered
+            .with_label_values(&["external"])
+            .set(r.external_len() as i64);
+    }
+
+    async fn timed<T>(
+        &self,
+        endpoint: &'static str,
+        call: impl Future<Output = Result<T, PromError>>,
+    ) -> Result<T, PromError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .backend_seconds
+            .with_label_values(&[endpoint])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics
+                .backend_errors
+                .with_label_values(&[endpoint, e.kind()])
+                .inc();
+        }
+        result
+    }
+
+    /// Runs every rule's series query and swaps in the new registry. A failing query keeps
+    /// its rules' last findings; the others refresh.
+    pub async fn relist(&self) -> RelistOutcome {
+        let mut last = self.last_relist.lock().await;
+        let outcome = self.relist_locked().await;
+        *last = Some(Instant::now());
+        outcome
+    }
+
+    async fn relist_locked(&self) -> RelistOutcome {
+        let end = SystemTime::now();
+        let start = end.checked_sub(self.max_age).unwrap_or(UNIX_EPOCH);
+        let rules: Vec<&Rule> = self.rules.iter().collect();
+        let mut findings: Vec<Option<RuleFindings>> = vec![None; rules.len()];
+        let queries = Registry::series_queries(&self.rules);
+        let mut failed = 0;
+        for (selector, indexes) in &queries {
+            match self
+                .timed(
+                    "series",
+                    self.prom.series(std::slice::from_ref(selector), start, end),
+                )
+                .await
+            {
+                Ok(series) => {
+                    for &i in indexes {
+                        if let (Some(rule), Some(slot)) = (rules.get(i), findings.get_mut(i)) {
+                            *slot = Some(RuleFindings::from_series(rule, &series));
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(series_query = %selector, error = %e, "Discovery query failed; keeping this rule's last metrics.");
+                }
+            }
+        }
+        let next = self.registry().update(&self.rules, findings);
+        let outcome = RelistOutcome {
+            queries: queries.len(),
+            failed,
+            custom: next.custom_len(),
+            external: next.external_len(),
+        };
+        match self.registry.write() {
+            Ok(mut r) => *r = Arc::new(next),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
+        }
+        self.publish_counts();
+        let result = match failed {
+            0 => "ok",
+            n if n == queries.len() && n > 0 => "failed",
+            _ => "partial",
+        };
+        self.metrics.relists.with_label_values(&[result]).inc();
+        self.metrics.last_relist.set(now_unix());
+        if failed == 0 {
+            self.metrics.last_relist_success.set(now_unix());
+        }
+        tracing::debug!(
+            queries = outcome.queries,
+            failed,
+            custom = outcome.custom,
+            external = outcome.external,
+            "Discovery finished."
+        );
+        outcome
+    }
+
+    /// One relist for a metric not listed yet, unless one ran very recently or while this
+    /// request waited for the lock (concurrent misses share it).
+    async fn relist_on_demand(&self) {
+        let asked = Instant::now();
+        let mut last = self.last_relist.lock().await;
+        if last.is_some_and(|t| t >= asked || asked.duration_since(t) < ON_DEMAND_GAP) {
+            return;
+        }
+        self.relist_locked().await;
+        *last = Some(Instant::now());
+    }
+
+    /// The resources listed for one group version.
+    pub fn resource_list(&self, external: bool) -> Vec<ApiResource> {
+        let r = self.registry();
+        let list = if external {
+            r.external_resources()
+        } else {
+            r.custom_resources()
+        };
+        if !list.is_empty() {
+            return list;
+        }
+        // Nothing discovered: what the rules name by themselves is better than nothing.
+        let statics = Registry::from_rules(&self.rules);
+        if external {
+            statics.external_resources()
+        } else {
+            statics.custom_resources()
+        }
+    }
+
+    async fn custom_entry(
+        &self,
+        gr: &GroupResource,
+        metric: &str,
+    ) -> Result<CustomEntry, ApiError> {
+        if let Some(e) = self.registry().custom(gr, metric) {
+            return Ok(e.clone());
+        }
+        self.relist_on_demand().await;
+        self.registry()
+            .custom(gr, metric)
+            .cloned()
+            .ok_or_else(|| ApiError::metric_not_found(metric, &gr.to_string()))
+    }
+
+    async fn external_entry(&self, metric: &str) -> Result<ExternalEntry, ApiError> {
+        if let Some(e) = self.registry().external(metric) {
+            return Ok(e.clone());
+        }
+        self.relist_on_demand().await;
+        self.registry()
+            .external(metric)
+            .cloned()
+            .ok_or_else(|| ApiError::metric_not_found(metric, "external metrics"))
+    }
+
+    fn plan_custom(
+        &self,
+        req: &CustomRequest,
+        entry: &CustomEntry,
+        metric_selector: &Selector,
+    ) -> Result<(&Rule, RenderedQuery), ApiError> {
+        let rule = self
+            .rules
+            .custom
+            .get(entry.rule)
+            .ok_or_else(|| ApiError::Internal("rule index out of range".into()))?;
+        let gr = &entry.info.group_resource;
+        let namespace = req.namespace.as_deref().filter(|_| entry.info.namespaced);
+        let objects = match &req.name {
+            ObjectName::Named(n) => Objects::Named(n),
+            ObjectName::All => Objects::All,
+        };
+        let q = query::custom(
+            rule,
+            &entry.series,
+            gr,
+            namespace,
+            &objects,
+            metric_selector,
+        )
+        .map_err(query_error)?;
+        Ok((rule, q))
+    }
+
+    /// The PromQL a custom-metrics request runs (for `prom-adapter render`).
+    pub async fn render_custom(&self, req: &CustomRequest) -> Result<String, ApiError> {
+        let gr = GroupResource::parse(&req.resource);
+        let metric_selector = Selector::parse(&req.metric_label_selector)
+            .map_err(|e| bad_selector("metricLabelSelector", e))?;
+        let entry = self.custom_entry(&gr, &req.metric).await?;
+        self.plan_custom(req, &entry, &metric_selector)
+            .map(|(_, q)| q.promql)
+    }
+
+    /// The PromQL an external-metrics request runs.
+    pub async fn render_external(&self, req: &ExternalRequest) -> Result<String, ApiError> {
+        let selector =
+            Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
+        let entry = self.external_entry(&req.metric).await?;
+        let rule = self.external_rule(&entry)?;
+        query::external(rule, &entry.series, &req.namespace, &selector)
+            .map(|q| q.promql)
+            .map_err(query_error)
+    }
+
+    fn external_rule(&self, entry: &ExternalEntry) -> Result<&Rule, ApiError> {
+        self.rules
+            .external
+            .get(entry.rule)
+            .ok_or_else(|| ApiError::Internal("rule index out of range".into()))
+    }
+
+    async fn run_query(&self, promql: &str) -> Result<QueryResult, ApiError> {
+        self.timed("query", self.prom.query(promql, None))
+            .await
+            .map_err(|e| {
+                tracing::warn!(promql, error = %e, "Metrics query failed.");
+                backend_error(&e)
+            })
+    }
+
+    /// Names of the objects whose series match `selector`: without a cluster to ask, the
+    /// series' own labels stand in for the objects' labels.
+    async fn objects_matching(
+        &self,
+        series: &str,
+        object_label: &str,
+        namespace: Option<(&str, &str)>,
+        selector: &Selector,
+    ) -> Result<BTreeSet<String>, ApiError> {
+        let mut matchers = vec![format!("__name__={}", quote(series))];
+        if let Some((label, ns)) = namespace {
+            matchers.push(format!("{label}={}", quote(ns)));
+        }
+        matchers.extend(
+            selector
+                .to_prom_matchers()
+                .map_err(|e| bad_selector("labelSelector", e))?,
+        );
+        let end = SystemTime::now();
+        let start = end.checked_sub(self.max_age).unwrap_or(UNIX_EPOCH);
+        let found = self
+            .timed(
+                "series",
+                self.prom
+                    .series(&[format!("{{{}}}", matchers.join(","))], start, end),
+            )
+            .await
+            .map_err(|e| backend_error(&e))?;
+        Ok(found
+            .into_iter()
+            .filter_map(|mut l: Labels| l.remove(object_label))
+            .collect())
+    }
+
+    /// A sample's value as a Quantity under the rule's policies; `None` means skip it.
+    fn quantity_of(
+        &self,
+        rule: &Rule,
+        value: &str,
+        what: &str,
+    ) -> Result<Option<Quantity>, ApiError> {
+        match quantity::from_prometheus(value) {
+            Ok(c) => {
+                if c.clamped {
+                    self.metrics.clamped.inc();
+                    tracing::debug!(what, value, "Clamped a value to the HPA's range.");
+                }
+                Ok(Some(c.quantity))
+            }
+            Err(
+                e @ (ValueError::NaN | ValueError::PositiveInfinity | ValueError::NegativeInfinity),
+            ) => {
+                let policy = rule.on_non_finite;
+                let label = match policy {
+                    NonFinitePolicy::Error => "error",
+                    NonFinitePolicy::Zero => "zero",
+                    NonFinitePolicy::Skip => "skip",
+                };
+                self.metrics.non_finite.with_label_values(&[label]).inc();
+                match policy {
+                    NonFinitePolicy::Error => Err(ApiError::Unavailable(format!(
+                        "{what}: {e} (the rule's onNonFinite is error; set zero or skip to serve it)"
+                    ))),
+                    NonFinitePolicy::Zero => Ok(Some(Quantity("0".into()))),
+                    NonFinitePolicy::Skip => Ok(None),
+                }
+            }
+            Err(e) => Err(ApiError::Unavailable(format!("{what}: {e}"))),
+        }
+    }
+
+    /// A custom-metrics request.
+    pub async fn custom(&self, req: &CustomRequest) -> Result<Vec<MetricValue>, ApiError> {
+        let gr = GroupResource::parse(&req.resource);
+        let metric_selector = Selector::parse(&req.metric_label_selector)
+            .map_err(|e| bad_selector("metricLabelSelector", e))?;
+        let object_selector =
+            Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
+        let entry = self.custom_entry(&gr, &req.metric).await?;
+        let (rule, q) = self.plan_custom(req, &entry, &metric_selector)?;
+        let object_label = q.object_label.clone().unwrap_or_default();
+        let namespace = req.namespace.as_deref().filter(|_| entry.info.namespaced);
+        let selected = match (&req.name, object_selector.is_empty()) {
+            (ObjectName::All, false) => {
+                let ns_label = rule.resources.namespace_label();
+                let ns = ns_label.as_deref().zip(namespace);
+                Some(
+                    self.objects_matching(&entry.series, &object_label, ns, &object_selector)
+                        .await?,
+                )
+            }
+            _ => None,
+        };
+        if selected.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Err(ApiError::NotFound(format!(
+                "the server could not find the metric {} for {gr} with selector {}",
+                req.metric, req.label_selector
+            )));
+        }
+        let samples = match self.run_query(&q.promql).await? {
+            QueryResult::Vector(samples) => samples,
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "metricsQuery must return a vector, it returned a {}: {}",
+                    other.result_type(),
+                    q.promql
+                )));
+            }
+        };
+        let echo = if metric_selector.is_empty() {
+            None
+        } else {
+            metric_selector.to_label_selector().ok()
+        };
+        let window = Some(rule.window.as_secs() as i64);
+        let describe = |name: &str| ObjectReference {
+            kind: entry.info.kind.clone(),
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+            api_version: entry.info.api_version.clone(),
+        };
+        let mut seen = BTreeSet::new();
+        let mut items = Vec::with_capacity(samples.len());
+        for Sample {
+            labels,
+            timestamp,
+            value,
+        } in &samples
+        {
+            let Some(object) = labels.get(&object_label) else {
+                continue;
+            };
+            let wanted = match &req.name {
+                ObjectName::Named(n) => object == n,
+                ObjectName::All => selected.as_ref().is_none_or(|s| s.contains(object)),
+            };
+            if !wanted {
+                continue;
+            }
+            if !seen.insert(object.clone()) {
+                return Err(ApiError::Internal(format!(
+                    "metricsQuery returned several samples for {gr} {object}; it must aggregate by {object_label}: {}",
+                    q.promql
+                )));
+            }
+            let what = format!("metric {} for {gr} {object}", req.metric);
+            if let Some(value) = self.quantity_of(rule, value, &what)? {
+                items.push(MetricValue {
+                    described_object: describe(object),
+                    metric: req.metric.clone(),
+                    selector: echo.clone(),
+                    timestamp: rfc3339(*timestamp),
+                    window_seconds: window,
+                    value,
+                });
+            }
+        }
+        if let ObjectName::Named(name) = &req.name
+            && items.is_empty()
+        {
+            self.metrics.empty.with_label_values(&["custom"]).inc();
+            match rule.on_empty {
+                EmptyPolicy::Error => {
+                    return Err(ApiError::NotFound(format!(
+                        "the server could not find the metric {} for {gr} {name}",
+                        req.metric
+                    )));
+                }
+                EmptyPolicy::Zero => items.push(MetricValue {
+                    described_object: describe(name),
+                    metric: req.metric.clone(),
+                    selector: echo,
+                    timestamp: rfc3339(now_unix()),
+                    window_seconds: window,
+                    value: Quantity("0".into()),
+                }),
+            }
+        }
+        Ok(items)
+    }
+
+    /// An external-metrics request.
+    pub async fn external(
+        &self,
+        req: &ExternalRequest,
+    ) -> Result<Vec<ExternalMetricValue>, ApiError> {
+        let selector =
+            Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
+        let entry = self.external_entry(&req.metric).await?;
+        let rule = self.external_rule(&entry)?;
+        let q =
+            query::external(rule, &entry.series, &req.namespace, &selector).map_err(query_error)?;
+        let window = Some(rule.window.as_secs() as i64);
+        let what = format!("external metric {}", req.metric);
+        let mut items = Vec::new();
+        match self.run_query(&q.promql).await? {
+            QueryResult::Vector(samples) => {
+                for s in samples {
+                    if let Some(value) = self.quantity_of(rule, &s.value, &what)? {
+                        items.push(ExternalMetricValue {
+                            metric_name: req.metric.clone(),
+                            metric_labels: Some(s.labels),
+                            timestamp: rfc3339(s.timestamp),
+                            window_seconds: window,
+                            value,
+                        });
+                    }
+                }
+            }
+            QueryResult::Scalar { timestamp, value } => {
+                if let Some(value) = self.quantity_of(rule, &value, &what)? {
+                    items.push(ExternalMetricValue {
+                        metric_name: req.metric.clone(),
+                        metric_labels: None,
+                        timestamp: rfc3339(timestamp),
+                        window_seconds: window,
+                        value,
+                    });
+                }
+            }
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "metricsQuery must return a vector or a scalar, it returned a {}: {}",
+                    other.result_type(),
+                    q.promql
+                )));
+            }
+        }
+        if items.is_empty() {
+            self.metrics.empty.with_label_values(&["external"]).inc();
+            match rule.on_empty {
+                EmptyPolicy::Error => {
+                    return Err(ApiError::Unavailable(format!(
+                        "{what}: the query returned no data (the rule's onEmpty is error; set zero to serve 0): {}",
+                        q.promql
+                    )));
+                }
+                EmptyPolicy::Zero => items.push(ExternalMetricValue {
+                    metric_name: req.metric.clone(),
+                    metric_labels: None,
+                    timestamp: rfc3339(now_unix()),
+                    window_seconds: window,
+                    value: Quantity("0".into()),
+                }),
+            }
+        }
+        Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::api::types::CustomVersion;
+    use crate::prom::fake::{FakeProm, labels, sample};
+    use crate::rules::from_yaml;
+
+    const RULES: &str = r#"
+rules:
+- seriesQuery: '{namespace!="",pod!=""}'
+  resources:
+    overrides:
+      namespace: {resource: "namespace"}
+      pod: {resource: "pod"}
+  name: {matches: "^(.*)_total$", as: "${1}_per_second"}
+  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)'
+- seriesQuery: '{namespace!="",pod!="",__name__=~"^gauge_.*"}'
+  resources:
+    overrides:
+      namespace: {resource: "namespace"}
+      pod: {resource: "pod"}
+  metricsQuery: 'max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+  onNonFinite: zero
+  onEmpty: zero
+externalRules:
+- seriesQuery: '{__name__="queue_depth"}'
+  resources:
+    overrides: {namespace: {resource: "namespace"}}
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)'
+"#;
+
+    fn setup() -> (Provider<FakeProm>, FakeProm, Arc<Metrics>) {
+        let rules = from_yaml(RULES, Path::new("t.yaml")).unwrap().0;
+        let prom = FakeProm::new();
+        prom.set_all_series(vec![
+            labels(&[
+                ("__name__", "http_requests_total"),
+                ("namespace", "default"),
+                ("pod", "web-0"),
+                ("app", "web"),
+            ]),
+            labels(&[
+                ("__name__", "http_requests_total"),
+                ("namespace", "default"),
+                ("pod", "web-1"),
+                ("app", "web"),
+            ]),
+            labels(&[
+                ("__name__", "http_requests_total"),
+                ("namespace", "default"),
+                ("pod", "db-0"),
+                ("app", "db"),
+            ]),
+            labels(&[
+                ("__name__", "gauge_load"),
+                ("namespace", "default"),
+                ("pod", "web-0"),
+            ]),
+            labels(&[
+                ("__name__", "queue_depth"),
+                ("namespace", "default"),
+                ("queue", "orders"),
+            ]),
+        ]);
+        let metrics = Arc::new(Metrics::new());
+        let p = Provider::new(
+            prom.clone(),
+            Arc::new(rules),
+            Arc::clone(&metrics),
+            Duration::from_secs(60),
+        );
+        (p, prom, metrics)
+    }
+
+    const PODS_Q: &str = r#"sum(rate(http_requests_total{namespace="default"}[2m])) by (pod)"#;
+
+    fn pods_req(name: ObjectName, label_selector: &str) -> CustomRequest {
+        CustomRequest {
+            version: CustomVersion::V1beta2,
+            namespace: Some("default".into()),
+            resource: "pods".into(),
+            name,
+            metric: "http_requests_per_second".into(),
+            label_selector: label_selector.into(),
+            metric_label_selector: String::new(),
+        }
+    }
+
+    fn three_pods(prom: &FakeProm) {
+        prom.set_vector(
+            PODS_Q,
+            vec![
+                sample(&[("pod", "web-0")], 1_743_501_600.0, "0.5"),
+                sample(&[("pod", "web-1")], 1_743_501_600.0, "1500"),
+                sample(&[("pod", "db-0")], 1_743_501_600.0, "24.233138021"),
+            ],
+        );
+    }
+
+    #[tokio::test]
+    async fn pods_star_serves_every_pod_with_exact_values() {
+        let (p, prom, _) = setup();
+        p.relist().await;
+        three_pods(&prom);
+        let items = p.custom(&pods_req(ObjectName::All, "")).await.unwrap();
+        let got: Vec<(&str, &str)> = items
+            .iter()
+            .map(|i| (i.described_object.name.as_str(), i.value.0.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("web-0", "500m"),
+                ("web-1", "1500"),
+                ("db-0", "24233138021n")
+            ]
+        );
+        let first = &items[0];
+        assert_eq!(first.described_object.kind, "Pod");
+        assert_eq!(first.described_object.api_version, "v1");
+        assert_eq!(first.described_object.namespace.as_deref(), Some("default"));
+        assert_eq!(first.timestamp, "2025-04-01T10:00:00Z");
+        assert_eq!(first.window_seconds, Some(60));
+        assert_eq!(prom.queries(), vec![PODS_Q.to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn label_selector_filters_by_the_series_labels() {
+        let (p, prom, _) = setup();
+        p.relist().await;
+        three_pods(&prom);
+        prom.set_series(
+            r#"{__name__="http_requests_total",namespace="default",app="web"}"#,
+            vec![labels(&[("pod", "web-0")]), labels(&[("pod", "web-1")])],
+        );
+        let items = p
+            .custom(&pods_req(ObjectName::All, "app=web"))
+            .await
+            .unwrap();
+        let names: Vec<&str> = items
+            .iter()
+            .map(|i| i.described_object.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["web-0", "web-1"]);
+        let e = p
+            .custom(&pods_req(ObjectName::All, "app in ("))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 400, "{e}");
+    }
+
+    #[tokio::test]
+    async fn named_pod_gets_exactly_one_item_or_404() {
+        let (p, prom, _) = setup();
+        p.relist().await;
+        prom.set_vector(
+            r#"sum(rate(http_requests_total{namespace="default",pod="web-1"}[2m])) by (pod)"#,
+            vec![sample(&[("pod", "web-1")], 1.0, "2")],
+        );
+        let items = p
+            .custom(&pods_req(ObjectName::Named("web-1".into()), ""))
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].value.0, "2");
+        let e = p
+            .custom(&pods_req(ObjectName::Named("web-9".into()), ""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 404);
+        assert_eq!(
+            e.to_string(),
+            "the server could not find the metric http_requests_per_second for pods web-9"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_metric_relists_once_then_404s() {
+        let (p, prom, _) = setup();
+        p.relist().await;
+        prom.clear_calls();
+        let mut req = pods_req(ObjectName::All, "");
+        req.metric = "nope".into();
+        let e = p.custom(&req).await.unwrap_err();
+        assert_eq!(e.code(), 404);
+        assert_eq!(
+            e.to_string(),
+            "the server could not find the metric nope for pods"
+        );
+        // The relist right before counts as recent: no second one.
+        assert!(prom.series_calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn metric_appearing_later_is_found_on_demand() {
+        let (p, prom, _) = setup();
+        prom.set_all_series(vec![]);
+        p.relist().await;
+        tokio::time::sleep(ON_DEMAND_GAP).await;
+        prom.set_all_series(vec![labels(&[
+            ("__name__", "http_requests_total"),
+            ("namespace", "default"),
+            ("pod", "web-0"),
+        ])]);
+        three_pods(&prom);
+        let items = p.custom(&pods_req(ObjectName::All, "")).await.unwrap();
+        assert_eq!(items.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn non_finite_is_503_by_default_and_zero_by_policy() {
+        let (p, prom, metrics) = setup();
+        p.relist().await;
+        prom.set_vector(PODS_Q, vec![sample(&[("pod", "web-0")], 1.0, "NaN")]);
+        let e = p.custom(&pods_req(ObjectName::All, "")).await.unwrap_err();
+        assert_eq!(e.code(), 503);
+        assert!(e.to_string().contains("NaN"), "{e}");
+        let mut req = pods_req(ObjectName::All, "");
+        req.metric = "gauge_load".into();
+        prom.set_vector(
+            r#"max(gauge_load{namespace="default"}) by (pod)"#,
+            vec![sample(&[("pod", "web-0")], 1.0, "+Inf")],
+        );
+        let items = p.custom(&req).await.unwrap();
+        assert_eq!(items[0].value.0, "0");
+        assert_eq!(metrics.non_finite.with_label_values(&["error"]).get(), 1);
+        assert_eq!(metrics.non_finite.with_label_values(&["zero"]).get(), 1);
+        // onEmpty: zero serves a 0 for a named pod with no sample.
+        req.name = ObjectName::Named("web-7".into());
+        let items = p.custom(&req).await.unwrap();
+        assert_eq!(
+            (
+                items[0].described_object.name.as_str(),
+                items[0].value.0.as_str()
+            ),
+            ("web-7", "0")
+        );
+    }
+
+    #[tokio::test]
+    async fn huge_values_are_clamped_and_counted() {
+        let (p, prom, metrics) = setup();
+        p.relist().await;
+        prom.set_vector(PODS_Q, vec![sample(&[("pod", "web-0")], 1.0, "1e300")]);
+        let items = p.custom(&pods_req(ObjectName::All, "")).await.unwrap();
+        assert_eq!(items[0].value.0, "9223372036854775");
+        assert_eq!(metrics.clamped.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn duplicate_samples_for_an_object_are_an_error() {
+        let (p, prom, _) = setup();
+        p.relist().await;
+        prom.set_vector(
+            PODS_Q,
+            vec![
+                sample(&[("pod", "web-0"), ("code", "200")], 1.0, "1"),
+                sample(&[("pod", "web-0"), ("code", "500")], 1.0, "1"),
+            ],
+        );
+        let e = p.custom(&pods_req(ObjectName::All, "")).await.unwrap_err();
+        assert_eq!(e.code(), 500);
+        assert!(e.to_string().contains("must aggregate by pod"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn backend_down_is_503_and_discovery_keeps_its_list() {
+        let (p, prom, metrics) = setup();
+        p.relist().await;
+        let before = p.resource_list(false);
+        assert_eq!(before.len(), 4, "{before:?}");
+        prom.set_error(Some(PromError::Unreachable {
+            reason: "connection refused".into(),
+        }));
+        let outcome = p.relist().await;
+        assert_eq!(outcome.failed, outcome.queries);
+        assert_eq!(p.resource_list(false), before);
+        let e = p.custom(&pods_req(ObjectName::All, "")).await.unwrap_err();
+        assert_eq!(e.code(), 503);
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        assert_eq!(metrics.relists.with_label_values(&["failed"]).get(), 1);
+        assert!(
+            metrics
+                .backend_errors
+                .with_label_values(&["query", "unreachable"])
+                .get()
+                >= 1
+        );
+    }
+
+    fn ext_req(selector: &str) -> ExternalRequest {
+        ExternalRequest {
+            namespace: "default".into(),
+            metric: "queue_depth".into(),
+            label_selector: selector.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn external_vector_scalar_and_empty() {
+        let (p, prom, _) = setup();
+        p.relist().await;
+        let q = r#"sum(queue_depth{queue="orders",namespace="default"}) by (queue)"#;
+        prom.set_vector(q, vec![sample(&[("queue", "orders")], 2.0, "42")]);
+        let items = p.external(&ext_req("queue=orders")).await.unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].value.0, "42");
+        assert_eq!(items[0].metric_labels, Some(labels(&[("queue", "orders")])));
+        prom.set_result(
+            q,
+            QueryResult::Scalar {
+                timestamp: 2.0,
+                value: "7".into(),
+            },
+        );
+        let items = p.external(&ext_req("queue=orders")).await.unwrap();
+        assert_eq!(
+            (items[0].metric_labels.clone(), items[0].value.0.as_str()),
+            (None, "7")
+        );
+        prom.set_vector(q, vec![]);
+        let e = p.external(&ext_req("queue=orders")).await.unwrap_err();
+        assert_eq!(e.code(), 503);
+        assert!(e.to_string().contains("no data"), "{e}");
+        let e = p.external(&ext_req("queue notin")).await.unwrap_err();
+        assert_eq!(e.code(), 400);
+    }
+
+    #[tokio::test]
+    async fn static_list_before_discovery_and_when_nothing_found() {
+        let (p, prom, _) = setup();
+        // Before any relist: only what the rules name literally.
+        let ext = p.resource_list(true);
+        assert_eq!(ext.len(), 1);
+        assert_eq!(ext[0].name, "queue_depth");
+        prom.set_all_series(vec![]);
+        p.relist().await;
+        assert_eq!(p.resource_list(true).len(), 1);
+    }
+}

@@ -1,0 +1,197 @@
+//! The HTTPS edge: one pure router ([`respond`]) that tests call directly, and the hyper
+//! handler around it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::http::Body;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::api::route::{self, Route};
+use crate::api::types;
+use crate::api::{ApiError, CUSTOM_GROUP, EXTERNAL_GROUP};
+use crate::prom::PromApi;
+use crate::provider::Provider;
+use crate::telemetry::Metrics;
+
+/// What the handlers share.
+pub struct State<P> {
+    /// The core.
+    pub provider: Arc<Provider<P>>,
+    /// Self-metrics.
+    pub metrics: Arc<Metrics>,
+    /// Serving: config loaded, certificate in place, listener bound.
+    pub ready: AtomicBool,
+}
+
+/// An answer before it becomes an HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The `group` label of the request metrics (a closed set).
+    pub group: &'static str,
+}
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn json(body: Result<Vec<u8>, serde_json::Error>, group: &'static str) -> Answer {
+    match body {
+        Ok(body) => Answer {
+            status: StatusCode::OK,
+            content_type: JSON,
+            body,
+            group,
+        },
+        Err(e) => error(
+            &ApiError::Internal(format!("encoding the answer: {e}")),
+            group,
+        ),
+    }
+}
+
+fn error(e: &ApiError, group: &'static str) -> Answer {
+    Answer {
+        status: StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        content_type: JSON,
+        body: e.status_body(),
+        group,
+    }
+}
+
+fn text(status: StatusCode, body: &str, group: &'static str) -> Answer {
+    Answer {
+        status,
+        content_type: TEXT,
+        body: body.as_bytes().to_vec(),
+        group,
+    }
+}
+
+/// The minimal OpenAPI v2 document: kube-apiserver downloads it from every aggregated
+/// server and must be able to parse it (404 is also accepted; a valid empty spec avoids the
+/// aggregator's error-and-requeue logs on servers that disagree).
+const OPENAPI_V2: &str =
+    r#"{"swagger":"2.0","info":{"title":"prom-adapter","version":"v1"},"paths":{}}"#;
+/// The OpenAPI v3 root: no group-version documents.
+const OPENAPI_V3: &str = r#"{"paths":{}}"#;
+
+/// Answers one request. `method`, `path` and `query` are all it reads.
+pub async fn respond<P: PromApi>(
+    state: &State<P>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Answer {
+    let group = match path {
+        p if p.starts_with("/apis/custom.metrics.k8s.io/") => "custom",
+        p if p.starts_with("/apis/external.metrics.k8s.io/") => "external",
+        p if p.starts_with("/apis") => "discovery",
+        _ => "other",
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return error(&ApiError::MethodNotAllowed, group);
+    }
+    match path {
+        "/healthz" | "/livez" => return text(StatusCode::OK, "ok", group),
+        "/readyz" => {
+            return if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ok", group)
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready", group)
+            };
+        }
+        "/metrics" => {
+            return Answer {
+                status: StatusCode::OK,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: state.metrics.render(),
+                group,
+            };
+        }
+        "/openapi/v2" => return json(Ok(OPENAPI_V2.as_bytes().to_vec()), group),
+        "/openapi/v3" => return json(Ok(OPENAPI_V3.as_bytes().to_vec()), group),
+        _ => {}
+    }
+    let route = match route::parse(path, query) {
+        Ok(r) => r,
+        Err(e) => return error(&e, group),
+    };
+    let provider = &state.provider;
+    match route {
+        Route::Apis => json(types::api_group_list(), group),
+        Route::Group(name) => match types::api_group(&name) {
+            Some(body) => json(body, group),
+            None => error(
+                &ApiError::NotFound("the server could not find the requested resource".into()),
+                group,
+            ),
+        },
+        Route::ResourceList { group: g, version } => {
+            let external = g == EXTERNAL_GROUP;
+            let resources = provider.resource_list(external);
+            let gv = format!(
+                "{}/{version}",
+                if external {
+                    EXTERNAL_GROUP
+                } else {
+                    CUSTOM_GROUP
+                }
+            );
+            json(types::api_resource_list(&gv, &resources), group)
+        }
+        Route::Custom(req) => match provider.custom(&req).await {
+            Ok(items) => json(types::metric_value_list(req.version, &items), group),
+            Err(e) => error(&e, group),
+        },
+        Route::External(req) => match provider.external(&req).await {
+            Ok(items) => json(types::external_metric_value_list(&items), group),
+            Err(e) => error(&e, group),
+        },
+    }
+}
+
+/// The hyper handler: [`respond`], timed and counted.
+pub async fn handle<P: PromApi>(state: Arc<State<P>>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let answer = respond(&state, &method, &path, query.as_deref()).await;
+    let code = answer.status.as_u16();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[answer.group, code.to_string().as_str()])
+        .inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[answer.group])
+        .observe(started.elapsed().as_secs_f64());
+    if answer.status.is_server_error() {
+        tracing::warn!(%method, path, code, "Request failed.");
+    } else {
+        tracing::debug!(%method, path, code, "Request served.");
+    }
+    let body = if method == Method::HEAD {
+        Bytes::new()
+    } else {
+        Bytes::from(answer.body)
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = answer.status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    resp
+}

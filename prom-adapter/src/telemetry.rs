@@ -1,0 +1,158 @@
+//! Self-metrics on `/metrics`, with a closed label vocabulary (never user data as a label).
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every self-metric the adapter exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by API group (`custom`, `external`, `discovery`, `other`) and status code.
+    pub requests: IntCounterVec,
+    /// Request latency by API group.
+    pub request_seconds: HistogramVec,
+    /// Backend call latency by endpoint (`query`, `series`).
+    pub backend_seconds: HistogramVec,
+    /// Failed backend calls by endpoint and error kind.
+    pub backend_errors: IntCounterVec,
+    /// Metrics listed, by API (`custom`, `external`).
+    pub discovered: IntGaugeVec,
+    /// Relists by result (`ok`, `partial`, `failed`).
+    pub relists: IntCounterVec,
+    /// Unix time of the last relist that reached the backend for every rule.
+    pub last_relist_success: Gauge,
+    /// Unix time of the last relist attempt.
+    pub last_relist: Gauge,
+    /// Values clamped to what the HPA's int64 milli-units hold.
+    pub clamped: IntCounter,
+    /// NaN/±Inf samples by what the rule did with them (`error`, `zero`, `skip`).
+    pub non_finite: IntCounterVec,
+    /// Answers with no sample, by API.
+    pub empty: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("constant metric {name} is valid: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| unreachable!("constant metric {name} is valid: {e}"));
+    let _ = registry.register(Box::new(h.clone()));
+    h
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help)
+        .unwrap_or_else(|e| unreachable!("constant metric {name} is valid: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+impl Metrics {
+    /// Registers every metric (and the process collector) in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let _ = registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        let discovered = IntGaugeVec::new(
+            Opts::new(
+                "prom_adapter_discovered_metrics",
+                "Metrics listed by the discovery documents, by API.",
+            ),
+            &["api"],
+        )
+        .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
+        let _ = registry.register(Box::new(discovered.clone()));
+        let clamped = IntCounter::new(
+            "prom_adapter_values_clamped_total",
+            "Values clamped to the range the HPA's int64 milli-units hold.",
+        )
+        .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
+        let _ = registry.register(Box::new(clamped.clone()));
+        Self {
+            requests: counter(
+                &registry,
+                "prom_adapter_requests_total",
+                "API requests by group and HTTP status code.",
+                &["group", "code"],
+            ),
+            request_seconds: histogram(
+                &registry,
+                "prom_adapter_request_duration_seconds",
+                "API request latency by group.",
+                &["group"],
+            ),
+            backend_seconds: histogram(
+                &registry,
+                "prom_adapter_prometheus_request_duration_seconds",
+                "Latency of calls to the Prometheus API, by endpoint.",
+                &["endpoint"],
+            ),
+            backend_errors: counter(
+                &registry,
+                "prom_adapter_prometheus_errors_total",
+                "Failed calls to the Prometheus API, by endpoint and kind.",
+                &["endpoint", "kind"],
+            ),
+            relists: counter(
+                &registry,
+                "prom_adapter_discovery_runs_total",
+                "Discovery runs by result: ok, partial (some rules failed) or failed.",
+                &["result"],
+            ),
+            last_relist_success: gauge(
+                &registry,
+                "prom_adapter_discovery_last_success_timestamp_seconds",
+                "Unix time of the last discovery run in which every rule's series query answered.",
+            ),
+            last_relist: gauge(
+                &registry,
+                "prom_adapter_discovery_last_run_timestamp_seconds",
+                "Unix time of the last discovery run.",
+            ),
+            non_finite: counter(
+                &registry,
+                "prom_adapter_non_finite_values_total",
+                "NaN or infinite samples, by what the rule's onNonFinite policy did.",
+                &["policy"],
+            ),
+            empty: counter(
+                &registry,
+                "prom_adapter_empty_results_total",
+                "Requests whose query returned no sample for the object, by API.",
+                &["api"],
+            ),
+            discovered,
+            clamped,
+            registry,
+        }
+    }
+
+    /// The exposition page.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "Cannot encode self-metrics.");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
