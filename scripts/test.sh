@@ -36,10 +36,14 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
     apt_packages+=(python3 python3-venv)
 fi
-# kubectl reads the adapter's API in the end-to-end tests (`kubectl get --raw`). Debian's
-# archive has no kubectl; the machine's apt sources (Google's or pkgs.k8s.io) provide it.
+# kubectl reads the adapter's API in the end-to-end tests (`kubectl get --raw`); Debian
+# ships it as kubernetes-client.
 if ! command -v kubectl >/dev/null 2>&1; then
-    apt_packages+=(kubectl)
+    apt_packages+=(kubernetes-client)
+fi
+# openssl speaks raw HTTPS in the adapter tests (an Accept header kubectl won't send).
+if ! command -v openssl >/dev/null 2>&1; then
+    apt_packages+=(openssl)
 fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     step "Installing Debian packages: ${apt_packages[*]}"
@@ -50,15 +54,14 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
         --no-install-recommends "${apt_packages[@]}"; then
         echo "warning: apt-get install reported an error; checking the programs anyway" >&2
     fi
-    for program in prometheus promtool victoria-metrics python3 kubectl; do
+    for program in prometheus promtool victoria-metrics python3 kubectl openssl; do
         if ! command -v "$program" >/dev/null 2>&1; then
             echo "error: $program is still missing after apt-get install" >&2
-            [ "$program" = kubectl ] && echo "  add the Kubernetes apt repository (https://pkgs.k8s.io) or install kubectl by hand" >&2
             exit 1
         fi
     done
 else
-    step "Packages: prometheus, promtool, victoria-metrics, kubectl already installed"
+    step "Packages: prometheus, promtool, victoria-metrics, kubectl, openssl already installed"
 fi
 
 # --- Python venv -----------------------------------------------------------------------------

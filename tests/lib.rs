@@ -18,18 +18,31 @@
 //! - [`prom`]: [`prom::Prometheus`], a real Prometheus server, and `promtool check metrics`.
 //! - [`exposition`]: a strict reader of the text exposition format.
 //! - [`vectors`]: the data-driven cases in `tests/data/`.
+//! - [`exporter`]: [`exporter::Exporter`], an in-process `/metrics` page with gauges the test
+//!   sets and counters growing at a fixed rate.
+//! - [`promadapter`]: [`promadapter::Adapter`], the `prom-adapter` binary under test, its
+//!   subcommands, `Quantity` and timestamp readers, and [`promadapter::Leash`] for fixtures
+//!   kept in statics.
+//! - [`kubectl`]: [`kubectl::Kubectl`] with a throwaway kubeconfig, raw HTTPS requests through
+//!   `openssl s_client`, and a runner for one-shot programs.
 
 pub mod check;
 pub mod dogstatsd;
+pub mod exporter;
 pub mod exposition;
 pub mod http;
+pub mod kubectl;
 pub mod process;
 pub mod prom;
+pub mod promadapter;
 pub mod statsd;
 pub mod util;
 pub mod vectors;
 
 pub use dogstatsd::DogStatsd;
+pub use exporter::Exporter;
+pub use kubectl::Kubectl;
 pub use prom::{Prometheus, Sample, promtool_check_metrics};
+pub use promadapter::Adapter;
 pub use statsd::Bridge;
 pub use util::{PATIENCE, bin, eventually, python, require_program, workspace_root};

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -12,7 +14,7 @@ use tempfile::TempDir;
 use crate::exposition::render_key;
 use crate::http::{self, url_encode};
 use crate::process::ChildGuard;
-use crate::util::{PATIENCE, eventually, free_tcp_port, parse_value, require_program};
+use crate::util::{PATIENCE, eventually, free_tcp_port, parse_value, require_program, scaled};
 
 /// The install hint for `prometheus` and `promtool`.
 const PROMETHEUS_HINT: &str = "apt-get install prometheus";
@@ -45,7 +47,9 @@ impl Sample {
 pub struct Prometheus {
     child: ChildGuard,
     addr: SocketAddr,
-    _dir: TempDir,
+    job: String,
+    program: PathBuf,
+    dir: TempDir,
 }
 
 impl Prometheus {
@@ -55,37 +59,73 @@ impl Prometheus {
     /// # Panics
     /// When `prometheus` is not installed, or it does not start.
     pub fn start(targets: &[SocketAddr]) -> Prometheus {
+        Self::start_job("bridge", targets)
+    }
+
+    /// Starts Prometheus with one scrape job named `job` (`honor_labels: true`, `/metrics`,
+    /// 1 s scrape interval) over `targets`, and waits until `/-/ready` answers 200.
+    ///
+    /// # Panics
+    /// When `prometheus` is not installed, or it does not start.
+    pub fn start_job(job: &str, targets: &[SocketAddr]) -> Prometheus {
+        Self::launch(job, targets, None)
+    }
+
+    /// [`Prometheus::start_job`] over a TSDB that first gets `openmetrics` (samples with
+    /// timestamps, ending in `# EOF`) backfilled with `promtool tsdb create-blocks-from
+    /// openmetrics`, so queries see that history as if it had been scraped.
+    ///
+    /// # Panics
+    /// When `prometheus` or `promtool` is not installed, the backfill fails, or Prometheus
+    /// does not start.
+    pub fn start_job_backfilled(
+        job: &str,
+        targets: &[SocketAddr],
+        openmetrics: &str,
+    ) -> Prometheus {
+        Self::launch(job, targets, Some(openmetrics))
+    }
+
+    fn launch(job: &str, targets: &[SocketAddr], backfill: Option<&str>) -> Prometheus {
         let program = require_program("prometheus", PROMETHEUS_HINT);
         let dir = tempfile::Builder::new()
             .prefix("prometheus-")
             .tempdir()
             .expect("creating a temp dir for prometheus");
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, scrape_config(targets)).expect("writing prometheus.yml");
-        let data = dir.path().join("data");
+        std::fs::write(config_path(dir.path()), scrape_config_for(job, targets))
+            .expect("writing prometheus.yml");
+        if let Some(openmetrics) = backfill {
+            let input = dir.path().join("backfill.om");
+            std::fs::write(&input, openmetrics).expect("writing the backfill input");
+            let promtool = require_program("promtool", PROMETHEUS_HINT);
+            let output = Command::new(promtool)
+                .args(["tsdb", "create-blocks-from", "openmetrics"])
+                .arg(&input)
+                .arg(dir.path().join("data"))
+                .stdin(Stdio::null())
+                .output()
+                .expect("running promtool tsdb create-blocks-from openmetrics");
+            assert!(
+                output.status.success(),
+                "promtool tsdb create-blocks-from openmetrics failed with {}: {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
         // The port is free at this instant; another process could take it before Prometheus
         // binds, in which case Prometheus exits and we retry with another one.
         for attempt in 1..=3 {
             let port = free_tcp_port().expect("finding a free port");
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut cmd = Command::new(&program);
-            cmd.arg(format!("--config.file={}", config_path.display()))
-                .arg(format!("--storage.tsdb.path={}", data.display()))
-                .arg(format!("--web.listen-address={addr}"))
-                .arg("--log.level=warn")
-                .current_dir(dir.path());
-            let child = ChildGuard::spawn("prometheus", cmd).expect("starting prometheus");
-            let ready = eventually_or_exit(&child, || {
-                let r = http::get(addr, "/-/ready")?;
-                anyhow::ensure!(r.status == 200, "/-/ready answered {}", r.status);
-                Ok(())
-            });
-            match ready {
-                Ok(()) => {
+            match spawn_ready(&program, dir.path(), addr) {
+                Ok(child) => {
                     return Prometheus {
                         child,
                         addr,
-                        _dir: dir,
+                        job: job.to_owned(),
+                        program,
+                        dir,
                     };
                 }
                 Err(e) if attempt < 3 => eprintln!("prometheus did not start, retrying: {e:#}"),
@@ -93,6 +133,56 @@ impl Prometheus {
             }
         }
         unreachable!("the loop returns or panics")
+    }
+
+    /// The name of the scrape job.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// The base URL of the HTTP API, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The directory holding `prometheus.yml` and the TSDB (`data/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops Prometheus with SIGTERM and waits for it to exit; its port and data directory
+    /// are kept for [`Prometheus::restart`].
+    ///
+    /// # Panics
+    /// When it is not running, or still running 30 s (scaled) after SIGTERM.
+    pub fn stop(&mut self) {
+        if let Err(e) = self.child.signal("TERM") {
+            panic!("stopping prometheus: {e:#}");
+        }
+        match self.child.wait_timeout(scaled(Duration::from_secs(30))) {
+            Ok(Some(_)) => {}
+            // The guard prints the log tail as the panic unwinds.
+            Ok(None) => panic!("prometheus still running 30 s after SIGTERM"),
+            Err(e) => panic!("waiting for prometheus to exit: {e:#}"),
+        }
+    }
+
+    /// Starts Prometheus again on the same port with the same config and data directory
+    /// (after [`Prometheus::stop`]), and waits until `/-/ready` answers 200.
+    ///
+    /// # Panics
+    /// When it is still running, or it does not become ready (e.g. another process took the
+    /// port meanwhile).
+    pub fn restart(&mut self) {
+        match self.child.try_status() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("restart: prometheus is still running; stop it first"),
+            Err(e) => panic!("restart: polling prometheus: {e:#}"),
+        }
+        match spawn_ready(&self.program, self.dir.path(), self.addr) {
+            Ok(child) => self.child = child,
+            Err(e) => panic!("prometheus did not restart on {}: {e:#}", self.addr),
+        }
     }
 
     /// The address of Prometheus' web server.
@@ -107,7 +197,20 @@ impl Prometheus {
 
     /// Runs an instant query and returns its vector result.
     pub fn query(&self, promql: &str) -> Result<Vec<Sample>> {
-        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        self.query_path(
+            promql,
+            format!("/api/v1/query?query={}", url_encode(promql)),
+        )
+    }
+
+    /// Runs an instant query evaluated at `time` (Unix seconds) and returns its vector result.
+    pub fn query_at(&self, promql: &str, time: f64) -> Result<Vec<Sample>> {
+        let path = format!("/api/v1/query?query={}&time={time:.3}", url_encode(promql));
+        self.query_path(promql, path)
+            .with_context(|| format!("evaluated at {time:.3}"))
+    }
+
+    fn query_path(&self, promql: &str, path: String) -> Result<Vec<Sample>> {
         let response = http::get(self.addr, &path)?;
         let body = response.text()?;
         anyhow::ensure!(
@@ -130,16 +233,17 @@ impl Prometheus {
         Ok(map)
     }
 
-    /// How many targets of the `bridge` job are up (`up{job="bridge"} == 1`).
+    /// How many targets of the scrape job (`bridge` after [`Prometheus::start`]) are up
+    /// (`up{job="<job>"} == 1`).
     pub fn targets_up(&self) -> Result<usize> {
-        let samples = self.query(r#"up{job="bridge"}"#)?;
+        let samples = self.query(&format!("up{{job=\"{}\"}}", self.job))?;
         Ok(samples.iter().filter(|s| s.value == 1.0).count())
     }
 
-    /// Waits until `n` targets of the `bridge` job are up.
+    /// Waits until `n` targets of the scrape job are up.
     pub fn wait_targets_up(&self, n: usize) {
         eventually(
-            &format!("{n} bridge target(s) up in Prometheus"),
+            &format!("{n} {} target(s) up in Prometheus", self.job),
             PATIENCE,
             || {
                 self.child.ensure_running()?;
@@ -169,13 +273,43 @@ fn eventually_or_exit(child: &ChildGuard, mut f: impl FnMut() -> Result<()>) -> 
 
 /// The Prometheus config: 1 s scrape and evaluation intervals, one `bridge` job.
 pub fn scrape_config(targets: &[SocketAddr]) -> String {
+    scrape_config_for("bridge", targets)
+}
+
+/// The Prometheus config: 1 s scrape and evaluation intervals, one job named `job`.
+pub fn scrape_config_for(job: &str, targets: &[SocketAddr]) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
     format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  scrape_timeout: 1s\n\
-         scrape_configs:\n  - job_name: bridge\n    honor_labels: true\n    metrics_path: \
+         scrape_configs:\n  - job_name: '{job}'\n    honor_labels: true\n    metrics_path: \
          /metrics\n    static_configs:\n      - targets: [{}]\n",
         targets.join(", ")
     )
+}
+
+fn config_path(dir: &Path) -> PathBuf {
+    dir.join("prometheus.yml")
+}
+
+/// Starts Prometheus in `dir` (config `prometheus.yml`, TSDB `data/`) listening on `addr`, and
+/// waits until `/-/ready` answers 200; an error if it exits or is not ready in time.
+fn spawn_ready(program: &Path, dir: &Path, addr: SocketAddr) -> Result<ChildGuard> {
+    let mut cmd = Command::new(program);
+    cmd.arg(format!("--config.file={}", config_path(dir).display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--log.level=warn")
+        .current_dir(dir);
+    let child = ChildGuard::spawn("prometheus", cmd).context("starting prometheus")?;
+    eventually_or_exit(&child, || {
+        let r = http::get(addr, "/-/ready")?;
+        anyhow::ensure!(r.status == 200, "/-/ready answered {}", r.status);
+        Ok(())
+    })?;
+    Ok(child)
 }
 
 /// Parses a `/api/v1/query` JSON answer whose result is a vector (or a scalar).

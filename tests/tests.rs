@@ -2,6 +2,7 @@
 //!
 //! Run them with `scripts/test.sh`, which installs the peers and builds the binaries first.
 
+mod adapter;
 mod bridge;
 mod listeners;
 mod mapping;
