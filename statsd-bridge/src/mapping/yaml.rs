@@ -262,4 +262,3 @@ pub fn rule_spec(r: Rule, position: String) -> (RuleSpec, Option<String>) {
     };
     (spec, warning)
 }
-
