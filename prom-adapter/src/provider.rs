@@ -3,8 +3,8 @@
 //! Handlers stay thin: they parse a [`Route`](crate::api::route::Route) and call one method
 //! here; tests drive these methods with the fake backend.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -45,7 +45,11 @@ pub struct Provider<P> {
     metrics: Arc<Metrics>,
     max_age: Duration,
     last_relist: tokio::sync::Mutex<Option<Instant>>,
+    inflight: std::sync::Mutex<HashMap<String, InflightQuery>>,
 }
+
+/// A query in flight: later identical requests wait for its answer instead of asking again.
+type InflightQuery = tokio::sync::watch::Receiver<Option<Result<QueryResult, PromError>>>;
 
 fn backend_error(e: &PromError) -> ApiError {
     ApiError::Unavailable(format!("unable to fetch metrics from Prometheus: {e}"))
@@ -82,6 +86,7 @@ impl<P: PromApi> Provider<P> {
             metrics,
             max_age,
             last_relist: tokio::sync::Mutex::new(None),
+            inflight: std::sync::Mutex::new(HashMap::new()),
         };
         provider.publish_counts();
         provider
@@ -316,13 +321,61 @@ impl<P: PromApi> Provider<P> {
             .ok_or_else(|| ApiError::Internal("rule index out of range".into()))
     }
 
+    /// Runs `promql`, sharing one backend call among identical concurrent requests: every
+    /// HPA of a workload, and every replica's sync, asks the same thing at the same time.
     async fn run_query(&self, promql: &str) -> Result<QueryResult, ApiError> {
-        self.timed("query", self.prom.query(promql, None))
-            .await
-            .map_err(|e| {
-                tracing::warn!(promql, error = %e, "Metrics query failed.");
-                backend_error(&e)
-            })
+        loop {
+            let joined = {
+                let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+                match inflight.get(promql) {
+                    Some(rx) => Ok(rx.clone()),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(None);
+                        inflight.insert(promql.to_owned(), rx);
+                        Err(tx)
+                    }
+                }
+            };
+            let mut rx = match joined {
+                Ok(rx) => rx,
+                Err(tx) => return self.lead_query(promql, tx).await,
+            };
+            self.metrics.coalesced.inc();
+            // A leader whose request was dropped closes the channel without an answer: then
+            // this request runs the query itself.
+            if let Ok(answer) = rx.wait_for(Option::is_some).await
+                && let Some(result) = answer.clone()
+            {
+                return result.map_err(|e| backend_error(&e));
+            }
+        }
+    }
+
+    async fn lead_query(
+        &self,
+        promql: &str,
+        tx: tokio::sync::watch::Sender<Option<Result<QueryResult, PromError>>>,
+    ) -> Result<QueryResult, ApiError> {
+        /// Clears the in-flight entry however the leader ends, cancellation included.
+        struct Done<'a>(
+            &'a std::sync::Mutex<HashMap<String, InflightQuery>>,
+            &'a str,
+        );
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(self.1);
+            }
+        }
+        let _done = Done(&self.inflight, promql);
+        let result = self.timed("query", self.prom.query(promql, None)).await;
+        if let Err(e) = &result {
+            tracing::warn!(promql, error = %e, "Metrics query failed.");
+        }
+        tx.send_replace(Some(result.clone()));
+        result.map_err(|e| backend_error(&e))
     }
 
     /// Names of the objects whose series match `selector`: without a cluster to ask, the
@@ -865,6 +918,112 @@ externalRules:
                 .get()
                 >= 1
         );
+    }
+
+    /// A backend that holds every query until the test opens the gate.
+    struct GatedProm {
+        inner: FakeProm,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl PromApi for GatedProm {
+        fn series(
+            &self,
+            matchers: &[String],
+            start: SystemTime,
+            end: SystemTime,
+        ) -> impl Future<Output = Result<Vec<Labels>, PromError>> + Send {
+            self.inner.series(matchers, start, end)
+        }
+
+        fn query(
+            &self,
+            promql: &str,
+            time: Option<SystemTime>,
+        ) -> impl Future<Output = Result<QueryResult, PromError>> + Send {
+            let (gate, inner, promql) = (
+                Arc::clone(&self.gate),
+                self.inner.clone(),
+                promql.to_owned(),
+            );
+            async move {
+                let _permit = gate.acquire().await;
+                inner.query(&promql, time).await
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn identical_concurrent_queries_are_coalesced() {
+        let (_, prom, _) = setup();
+        three_pods(&prom);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let metrics = Arc::new(Metrics::new());
+        let rules = from_yaml(RULES, Path::new("t.yaml")).unwrap().0;
+        let p = Arc::new(Provider::new(
+            GatedProm {
+                inner: prom.clone(),
+                gate: Arc::clone(&gate),
+            },
+            Arc::new(rules),
+            Arc::clone(&metrics),
+            Duration::from_secs(60),
+        ));
+        p.relist().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let p = Arc::clone(&p);
+            tasks.spawn(async move { p.custom(&pods_req(ObjectName::All, "")).await });
+        }
+        // Every follower has joined the leader's query before the backend answers.
+        while metrics.coalesced.get() < 9 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(100);
+        while let Some(result) = tasks.join_next().await {
+            assert_eq!(result.unwrap().unwrap().len(), 3);
+        }
+        assert_eq!(prom.queries(), vec![PODS_Q.to_owned()]);
+        // The entry is gone: the next request asks the backend again.
+        p.custom(&pods_req(ObjectName::All, "")).await.unwrap();
+        assert_eq!(prom.queries().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_hands_over_to_a_follower() {
+        let (_, prom, _) = setup();
+        three_pods(&prom);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let metrics = Arc::new(Metrics::new());
+        let rules = from_yaml(RULES, Path::new("t.yaml")).unwrap().0;
+        let p = Arc::new(Provider::new(
+            GatedProm {
+                inner: prom.clone(),
+                gate: Arc::clone(&gate),
+            },
+            Arc::new(rules),
+            Arc::clone(&metrics),
+            Duration::from_secs(60),
+        ));
+        p.relist().await;
+        let leader = {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move { p.custom(&pods_req(ObjectName::All, "")).await })
+        };
+        while p.inflight.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let follower = {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move { p.custom(&pods_req(ObjectName::All, "")).await })
+        };
+        while metrics.coalesced.get() < 1 {
+            tokio::task::yield_now().await;
+        }
+        leader.abort();
+        let _ = leader.await;
+        gate.add_permits(100);
+        assert_eq!(follower.await.unwrap().unwrap().len(), 3);
     }
 
     fn ext_req(selector: &str) -> ExternalRequest {

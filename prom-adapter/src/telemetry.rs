@@ -15,6 +15,8 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     /// Backend call latency by endpoint (`query`, `series`).
     pub backend_seconds: HistogramVec,
+    /// Requests answered by joining an identical query already in flight.
+    pub coalesced: IntCounter,
     /// Failed backend calls by endpoint and error kind.
     pub backend_errors: IntCounterVec,
     /// Metrics listed, by API (`custom`, `external`).
@@ -82,7 +84,14 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
         let _ = registry.register(Box::new(clamped.clone()));
+        let coalesced = IntCounter::new(
+            "prom_adapter_prometheus_queries_coalesced_total",
+            "Requests answered by an identical query already in flight instead of a new one.",
+        )
+        .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
+        let _ = registry.register(Box::new(coalesced.clone()));
         Self {
+            coalesced,
             requests: counter(
                 &registry,
                 "prom_adapter_requests_total",
