@@ -195,11 +195,11 @@ impl Selector {
         self.requirements.iter().all(|r| r.matches(&label))
     }
 
-    /// PromQL label matchers in prometheus-adapter's order and syntax: `=`/`==` → l="v", `!=` →
-    /// l!="v", `in (v)` → l=~"v", `in (a,b)` → l=~"a|b", `notin` → l!~"a|b", exists → l!="", `!l` →
-    /// l="". Values quoted like Go's %q. gt/lt → Err (prometheus-adapter doesn't support them). A
-    /// key that isn't a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*) → Err naming it (a
-    /// query with it would be invalid PromQL).
+    /// PromQL label matchers in prometheus-adapter's order and syntax: `=`/`==` → `l="v"`,
+    /// `!=` → `l!="v"`, `in (v)` → `l=~"v"`, `in (a,b)` → `l=~"a|b"`, `notin` → `l!~"a|b"`,
+    /// exists → `l!=""`, `!l` → `l=""`. Values quoted like Go's `%q`. gt/lt → Err
+    /// (prometheus-adapter doesn't support them). A key that isn't a valid Prometheus label name
+    /// (`[a-zA-Z_][a-zA-Z0-9_]*`) → Err naming it (a query with it would be invalid PromQL).
     ///
     /// Like prometheus-adapter, `in`/`notin` values are not regex-escaped: a `.` in a value matches
     /// any character. Users rely on this as a regex pass-through.
@@ -212,7 +212,7 @@ impl Selector {
 
     /// The metav1.LabelSelector that metav1.ParseToLabelSelector gives for this selector (=,== →
     /// matchLabels; in/notin/exists/!key → matchExpressions with operators
-    /// In/NotIn/Exists/DoesNotExist; != → NotIn [v]); what custom metrics echo as `selector`.
+    /// In/NotIn/Exists/DoesNotExist; `!=` → `NotIn [v]`); what custom metrics echo as `selector`.
     /// gt/lt → Err.
     ///
     /// Empty `matchLabels`, `matchExpressions` and `values` are `None`, so the JSON is what Go's
