@@ -124,8 +124,11 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The negotiated ALPN protocol (`b"h2"` or `b"http/1.1"`), if the client offered ALPN.
     pub alpn: Option<Vec<u8>>,
-    /// The client's certificate chain, end-entity first; empty when the client sent none
-    /// (always, until the server config requests client certificates).
+    /// The client's certificate chain, end-entity first, as presented: the handshake checked
+    /// only that the client holds the end-entity certificate's key, not whom it chains to, so
+    /// verify it (e.g. with [`crate::tls::ClientCa::verify`]) before trusting it. Empty when the
+    /// client sent none, and always unless the server config requests client certificates
+    /// ([`crate::tls::server_config_for`] with [`crate::tls::ClientCerts::Request`]).
     pub client_certs: Vec<CertificateDer<'static>>,
 }
 

@@ -4,7 +4,14 @@
 //! way `k8s.io/apiserver` does when no certificate is configured). It goes into a [`CertStore`],
 //! the certificate resolver of the [`rustls::ServerConfig`] that [`server_config_with`] builds,
 //! so a new certificate can be swapped in with [`CertStore::replace`] without rebuilding the
-//! config or restarting the listener.
+//! config or restarting the listener; [`CertStore::watch_files`] does that whenever the PEM
+//! files change, as `k8s.io/apiserver`'s dynamic serving certificate controller does.
+//!
+//! Client certificates follow kube-apiserver too: [`server_config_for`] with
+//! [`ClientCerts::Request`] asks for one without requiring it ([`RequestClientCert`], Go's
+//! `tls.RequestClientCert`), and whoever handles the request decides afterwards whether to trust
+//! the chain, typically with [`ClientCa::verify`]. A certificate from the wrong CA therefore
+//! becomes an HTTP 401, not a failed handshake.
 //!
 //! Every place that needs cryptography uses the *ring* provider explicitly; nothing here relies
 //! on a process-wide default provider being installed.
@@ -12,17 +19,26 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, ServerConfig};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, ParsedCertificate, ResolvesServerCert, ServerConfig, VerifierBuilderError,
+    WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::pem::{self, PemObject as _};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// How long a generated certificate is valid, as `k8s.io/client-go/util/cert` does (one year).
 const SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -134,6 +150,39 @@ pub enum TlsError {
     /// The provider rejected the TLS protocol versions.
     #[error("cannot build the TLS configuration")]
     Config(#[source] rustls::Error),
+    /// A client CA bundle is not well-formed PEM.
+    #[error("{origin}: malformed PEM")]
+    CaPem {
+        /// Where the bundle came from: a file, or e.g. a ConfigMap key.
+        origin: String,
+        /// What is wrong with it.
+        #[source]
+        source: pem::Error,
+    },
+    /// A client CA bundle holds no `CERTIFICATE` section.
+    #[error("{origin}: no CA certificate found")]
+    NoCaCertificate {
+        /// Where the bundle came from.
+        origin: String,
+    },
+    /// A certificate in a client CA bundle cannot be parsed into a trust anchor.
+    #[error("{origin}: malformed CA certificate")]
+    BadCaCertificate {
+        /// Where the bundle came from.
+        origin: String,
+        /// Why it cannot be used.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused to build a client certificate verifier from a CA bundle.
+    #[error("{origin}: cannot build a client certificate verifier")]
+    ClientVerifier {
+        /// Where the bundle came from.
+        origin: String,
+        /// Why.
+        #[source]
+        source: VerifierBuilderError,
+    },
 }
 
 /// Loads a certificate chain and its private key from PEM files, and checks they belong together.
@@ -217,13 +266,299 @@ pub fn server_config(cert: ServingCert) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// Like [`server_config`], but serving whatever certificate `store` holds at handshake time.
 pub fn server_config_with(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::clone(&PROVIDER))
+    server_config_for(store, ClientCerts::None)
+}
+
+/// Like [`server_config_with`], and asking clients for a certificate as `client_certs` says.
+///
+/// With [`ClientCerts::Request`] the chain a client presents reaches the handler unjudged (in
+/// [`crate::http::ConnInfo::client_certs`]); check it there, e.g. with [`ClientCa::verify`].
+pub fn server_config_for(
+    store: Arc<CertStore>,
+    client_certs: ClientCerts,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&PROVIDER))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+        .map_err(TlsError::Config)?;
+    let builder = match client_certs {
+        ClientCerts::None => builder.with_no_client_auth(),
+        ClientCerts::Request => builder.with_client_cert_verifier(Arc::new(RequestClientCert)),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Whether a server asks its clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCerts {
+    /// Clients are not asked (Go's `tls.NoClientCert`); they cannot present one.
+    #[default]
+    None,
+    /// Clients are asked but may connect without one, and any chain they present is accepted
+    /// by the handshake: see [`RequestClientCert`]. This is what kube-apiserver does.
+    Request,
+}
+
+/// Asks for a client certificate without requiring one, and without judging the chain, like
+/// Go's `tls.RequestClientCert` in kube-apiserver.
+///
+/// The handshake still proves the client holds the key of the certificate it presents: its
+/// `CertificateVerify` signature is checked with the ring provider's algorithms. Whether the
+/// chain is trusted (which CA, which usages, whether it has expired) is left to the
+/// application, so that an untrusted certificate can be answered with an HTTP 401 rather than
+/// a failed handshake. No CA names are hinted to the client, so it sends whatever certificate
+/// it has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestClientCert;
+
+impl ClientCertVerifier for RequestClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    /// Accepts any chain that parses: Go's server also parses every certificate the client
+    /// sends and ends the handshake if one is malformed, but trusts none of them.
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            ParsedCertificate::try_from(cert)?;
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &PROVIDER.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &PROVIDER.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        PROVIDER
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The CAs a client certificate must chain to, loaded from a PEM bundle: what kube-apiserver's
+/// `--client-ca-file` and `--requestheader-client-ca-file` hold.
+///
+/// Cheap to clone; the trust anchors are shared.
+#[derive(Clone)]
+pub struct ClientCa {
+    origin: Arc<str>,
+    roots: usize,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCa {
+    /// Loads every `CERTIFICATE` in the PEM file at `path` as a trust anchor.
+    pub fn from_pem_file(path: &Path) -> Result<Self, TlsError> {
+        let pem = fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_pem(&pem, &path.display().to_string())
+    }
+
+    /// Loads every `CERTIFICATE` in `pem` as a trust anchor; other sections are skipped.
+    ///
+    /// `source` names where the PEM came from in errors, e.g. `configmap
+    /// kube-system/extension-apiserver-authentication key requestheader-client-ca-file`.
+    pub fn from_pem(pem: &[u8], source: &str) -> Result<Self, TlsError> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::CaPem {
+                origin: source.to_owned(),
+                source: e,
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCaCertificate {
+                origin: source.to_owned(),
+            });
+        }
+        let mut roots = RootCertStore::empty();
+        for cert in certs {
+            roots.add(cert).map_err(|e| TlsError::BadCaCertificate {
+                origin: source.to_owned(),
+                source: e,
+            })?;
+        }
+        let count = roots.len();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&PROVIDER))
+                .build()
+                .map_err(|e| TlsError::ClientVerifier {
+                    origin: source.to_owned(),
+                    source: e,
+                })?;
+        Ok(Self {
+            origin: source.into(),
+            roots: count,
+            verifier,
+        })
+    }
+
+    /// Checks a client's chain (end-entity first, then any intermediates, as
+    /// [`crate::http::ConnInfo::client_certs`] holds it) as kube-apiserver's x509 authenticator
+    /// does: it must chain to one of the CAs, be valid now, and allow client authentication
+    /// (an extended key usage extension, where present, must include `clientAuth`).
+    ///
+    /// Returns the end-entity certificate's subject names. Never panics, whatever the bytes.
+    pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<VerifiedClient, ClientCertError> {
+        let (end_entity, intermediates) =
+            chain.split_first().ok_or(ClientCertError::NoCertificate)?;
+        self.verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map_err(ClientCertError::from_rustls)?;
+        VerifiedClient::from_der(end_entity)
+    }
+}
+
+impl fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("origin", &self.origin)
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who a verified client certificate names: in Kubernetes, the user and their groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifiedClient {
+    /// The subject's common name (the last one if there are several, as Go reads it); `None`
+    /// if absent or empty.
+    pub common_name: Option<String>,
+    /// The subject's organizations, in certificate order.
+    pub organizations: Vec<String>,
+}
+
+impl VerifiedClient {
+    fn from_der(der: &CertificateDer<'_>) -> Result<Self, ClientCertError> {
+        use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+        let (_, cert) =
+            X509Certificate::from_der(der.as_ref()).map_err(|_| ClientCertError::Malformed)?;
+        let subject = cert.subject();
+        Ok(Self {
+            common_name: subject
+                .iter_common_name()
+                .filter_map(attribute_string)
+                .last()
+                .filter(|cn| !cn.is_empty()),
+            organizations: subject
+                .iter_organization()
+                .filter_map(attribute_string)
+                .collect(),
+        })
+    }
+}
+
+/// A name attribute as text, for the string types Go's `crypto/x509` decodes; `None` otherwise.
+fn attribute_string(attr: &x509_parser::x509::AttributeTypeAndValue<'_>) -> Option<String> {
+    use x509_parser::asn1_rs::Tag;
+
+    if let Ok(s) = attr.as_str() {
+        return Some(s.to_owned());
+    }
+    let value = attr.attr_value();
+    match value.tag() {
+        Tag::BmpString => {
+            let (units, rest) = value.data.as_chunks::<2>();
+            if !rest.is_empty() {
+                return None;
+            }
+            char::decode_utf16(units.iter().map(|unit| u16::from_be_bytes(*unit)))
+                .collect::<Result<String, _>>()
+                .ok()
+        }
+        // Latin-1, the usual reading of T61String in practice.
+        Tag::TeletexString => Some(value.data.iter().copied().map(char::from).collect()),
+        _ => None,
+    }
+}
+
+/// Why a client certificate chain is not accepted. The messages follow Go's `crypto/x509`
+/// without its `x509: ` prefix, since clients of Kubernetes API servers see them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientCertError {
+    /// The client presented no certificate.
+    #[error("no client certificate")]
+    NoCertificate,
+    /// A certificate in the chain is not well-formed DER.
+    #[error("malformed client certificate")]
+    Malformed,
+    /// The chain does not lead to any of the trusted CAs: no issuer is known, or one with the
+    /// right name did not sign it (which Go reports the same way).
+    #[error("certificate signed by unknown authority")]
+    UnknownAuthority(#[source] rustls::Error),
+    /// A certificate in the chain has expired or is not valid yet.
+    #[error("certificate has expired or is not yet valid")]
+    NotValidNow(#[source] rustls::Error),
+    /// A certificate's extended key usage does not allow client authentication.
+    #[error("certificate specifies an incompatible key usage")]
+    IncompatibleUsage(#[source] rustls::Error),
+    /// Anything else webpki rejects (a CA used as end-entity, an unknown critical extension, a
+    /// violated name constraint, …).
+    #[error("certificate is not valid for client authentication")]
+    Invalid(#[source] rustls::Error),
+}
+
+impl ClientCertError {
+    fn from_rustls(e: rustls::Error) -> Self {
+        let rustls::Error::InvalidCertificate(cert_error) = &e else {
+            return Self::Invalid(e);
+        };
+        match cert_error {
+            CertificateError::BadEncoding => Self::Malformed,
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                Self::UnknownAuthority(e)
+            }
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => Self::NotValidNow(e),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                Self::IncompatibleUsage(e)
+            }
+            _ => Self::Invalid(e),
+        }
+    }
 }
 
 /// The certificate a server presents, replaceable while it runs (for reloading on change).
@@ -253,6 +588,44 @@ impl CertStore {
     pub fn current(&self) -> Arc<CertifiedKey> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
+
+    /// Reloads the pair from `cert_file` and `key_file` whenever they change, until `stop` is
+    /// cancelled.
+    ///
+    /// Every `every` (at least 1 ms) the files' modification time, length and inode are
+    /// compared with those of the pair last loaded; the files are followed through symlinks, so
+    /// a Kubernetes Secret volume's atomic update is seen. The first check loads the files
+    /// regardless, so a change made before this was called is not missed; a pair identical to
+    /// the one being served is not reported. On a change, the pair is loaded as [`load_pem`]
+    /// does and presented from the next handshake on; connections already open keep the
+    /// certificate they started with.
+    ///
+    /// A pair that cannot be loaded (unreadable, malformed, or half-written, such as a new
+    /// certificate next to the old key) leaves the current certificate in place and is retried
+    /// at every check until it loads. Each outcome is logged and passed to `on_reload`: a
+    /// success once, and a failure once for each distinct error on each distinct state of the
+    /// files, not at every retry. The file I/O runs on Tokio's blocking pool.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    pub fn watch_files(
+        self: Arc<Self>,
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        every: Duration,
+        stop: CancellationToken,
+        on_reload: impl Fn(Result<(), &TlsError>) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let watch = FileWatch {
+            store: self,
+            cert_file,
+            key_file,
+            loaded: None,
+            failed: None,
+        };
+        tokio::spawn(watch.run(every, stop, on_reload).in_current_span())
+    }
 }
 
 impl fmt::Debug for CertStore {
@@ -266,6 +639,129 @@ impl fmt::Debug for CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+/// How often [`CertStore::watch_files`] checks, at the least.
+const MIN_WATCH_PERIOD: Duration = Duration::from_millis(1);
+
+/// The state of a file as far as change detection goes; `None` if it cannot be examined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp(Option<(Option<SystemTime>, u64, u64, u64)>);
+
+impl FileStamp {
+    fn of(path: &Path) -> Self {
+        Self(
+            fs::metadata(path)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len(), m.dev(), m.ino())),
+        )
+    }
+}
+
+/// The certificate file's and the key file's stamps.
+type PairStamp = (FileStamp, FileStamp);
+
+/// The state of [`CertStore::watch_files`].
+struct FileWatch {
+    store: Arc<CertStore>,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    /// The files as they were when last loaded into the store; `None` before the first load.
+    loaded: Option<PairStamp>,
+    /// The last failure reported, as the files were then and the error's text.
+    failed: Option<(PairStamp, String)>,
+}
+
+impl FileWatch {
+    async fn run(
+        mut self,
+        every: Duration,
+        stop: CancellationToken,
+        on_reload: impl Fn(Result<(), &TlsError>),
+    ) {
+        let mut ticks = tokio::time::interval(every.max(MIN_WATCH_PERIOD));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let checked = tokio::task::spawn_blocking(move || {
+                let outcome = self.check();
+                (self, outcome)
+            })
+            .await;
+            let outcome;
+            (self, outcome) = match checked {
+                Ok(done) => done,
+                // The runtime is shutting down.
+                Err(e) if e.is_cancelled() => return,
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "Serving certificate watch panicked; it has stopped."
+                    );
+                    return;
+                }
+            };
+            match outcome {
+                None => {}
+                Some(Ok(())) => {
+                    tracing::info!(
+                        cert_file = %self.cert_file.display(),
+                        key_file = %self.key_file.display(),
+                        "Reloaded the serving certificate."
+                    );
+                    on_reload(Ok(()));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        error = %ErrorChain(&e),
+                        "Cannot reload the serving certificate; keeping the current one."
+                    );
+                    on_reload(Err(&e));
+                }
+            }
+        }
+    }
+
+    /// Loads the pair if the files changed (or the last attempt failed). Returns what to report:
+    /// nothing, a reload, or a failure not reported before.
+    fn check(&mut self) -> Option<Result<(), TlsError>> {
+        let stamp = (
+            FileStamp::of(&self.cert_file),
+            FileStamp::of(&self.key_file),
+        );
+        if self.loaded == Some(stamp) && self.failed.is_none() {
+            return None;
+        }
+        // The stamps are taken before reading, so a write that lands during the read is seen
+        // as a change at the next check.
+        let cert = match load_pem(&self.cert_file, &self.key_file) {
+            Ok(cert) => cert,
+            Err(e) => return self.fail(stamp, e),
+        };
+        let unchanged = cert.chain == self.store.current().cert;
+        if !unchanged && let Err(e) = self.store.replace(cert) {
+            return self.fail(stamp, e);
+        }
+        self.loaded = Some(stamp);
+        let recovered = self.failed.take().is_some();
+        (!unchanged || recovered).then_some(Ok(()))
+    }
+
+    fn fail(&mut self, stamp: PairStamp, e: TlsError) -> Option<Result<(), TlsError>> {
+        let text = ErrorChain(&e).to_string();
+        if self
+            .failed
+            .as_ref()
+            .is_some_and(|(s, t)| *s == stamp && *t == text)
+        {
+            return None;
+        }
+        self.failed = Some((stamp, text));
+        Some(Err(e))
     }
 }
 
@@ -451,5 +947,134 @@ impl fmt::Display for ErrorChain<'_> {
             source = e.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("common-tls-unit-{}-{test}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pair() -> Generated {
+        generate(&["localhost".to_owned()]).unwrap()
+    }
+
+    #[test]
+    fn file_watch_reports_each_change_and_each_distinct_failure_once() {
+        let dir = TempDir::new("watch-check");
+        let cert_file = dir.0.join("tls.crt");
+        let key_file = dir.0.join("tls.key");
+        let a = pair();
+        fs::write(&cert_file, &a.cert_pem).unwrap();
+        fs::write(&key_file, &a.key_pem).unwrap();
+        let store = Arc::new(CertStore::new(load_pem(&cert_file, &key_file).unwrap()).unwrap());
+        let served = || store.current().cert[0].clone();
+        let mut watch = FileWatch {
+            store: Arc::clone(&store),
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            loaded: None,
+            failed: None,
+        };
+
+        // The first check loads the pair already served: nothing to report.
+        assert!(watch.check().is_none());
+        assert!(watch.check().is_none());
+
+        // Half-written: the new certificate next to the old key. Reported once, retried quietly.
+        let b = pair();
+        fs::write(&cert_file, &b.cert_pem).unwrap();
+        assert!(matches!(watch.check(), Some(Err(TlsError::KeyMismatch))));
+        assert!(watch.check().is_none());
+        assert!(watch.check().is_none());
+        assert_eq!(served(), a.cert.chain[0]);
+
+        // A different failure is reported again.
+        fs::write(&cert_file, "garbage").unwrap();
+        assert!(matches!(
+            watch.check(),
+            Some(Err(TlsError::NoCertificate { .. }))
+        ));
+        assert!(watch.check().is_none());
+        // So is the same error on files written again: it is a new failed attempt.
+        fs::write(&cert_file, "more garbage").unwrap();
+        assert!(matches!(
+            watch.check(),
+            Some(Err(TlsError::NoCertificate { .. }))
+        ));
+        assert!(watch.check().is_none());
+        fs::write(&cert_file, &b.cert_pem).unwrap();
+        fs::remove_file(&key_file).unwrap();
+        assert!(matches!(
+            watch.check(),
+            Some(Err(TlsError::Read { path, .. })) if path == key_file
+        ));
+        assert!(watch.check().is_none());
+        assert_eq!(served(), a.cert.chain[0]);
+
+        // The complete new pair.
+        fs::write(&cert_file, &b.cert_pem).unwrap();
+        fs::write(&key_file, &b.key_pem).unwrap();
+        assert!(matches!(watch.check(), Some(Ok(()))));
+        assert_eq!(served(), b.cert.chain[0]);
+        assert!(watch.check().is_none());
+
+        // Rewritten with the same contents: nothing to report.
+        fs::write(&cert_file, &b.cert_pem).unwrap();
+        assert!(watch.check().is_none());
+
+        // Broken, then restored to the pair still served: the recovery is reported.
+        fs::write(&key_file, "").unwrap();
+        assert!(matches!(watch.check(), Some(Err(TlsError::NoKey { .. }))));
+        fs::write(&key_file, &b.key_pem).unwrap();
+        assert!(matches!(watch.check(), Some(Ok(()))));
+        assert!(watch.check().is_none());
+        assert_eq!(served(), b.cert.chain[0]);
+    }
+
+    #[test]
+    fn file_watch_reports_a_bad_pair_at_the_first_check() {
+        let dir = TempDir::new("watch-first");
+        let cert_file = dir.0.join("tls.crt");
+        let key_file = dir.0.join("tls.key");
+        let a = pair();
+        let store = Arc::new(CertStore::new(a.cert).unwrap());
+        let mut watch = FileWatch {
+            store,
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            loaded: None,
+            failed: None,
+        };
+        assert!(matches!(
+            watch.check(),
+            Some(Err(TlsError::Read { path, .. })) if path == cert_file
+        ));
+        assert!(watch.check().is_none());
+
+        // Files that differ from the pair served are loaded at the first good check.
+        let b = pair();
+        fs::write(&cert_file, &b.cert_pem).unwrap();
+        fs::write(&key_file, &b.key_pem).unwrap();
+        assert!(matches!(watch.check(), Some(Ok(()))));
+        assert_eq!(watch.store.current().cert[0], b.cert.chain[0]);
     }
 }

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -342,6 +343,20 @@ impl Server {
         let (cert, _) = tls::self_signed(&hosts(&["localhost", "127.0.0.1"]), None).unwrap();
         let root = leaf(&cert);
         let store = Arc::new(CertStore::new(cert).unwrap());
+        Self::start_with(store, root, handler, drain).await
+    }
+
+    /// Like [`Server::start`], serving from `store`, whose certificate `root` is.
+    async fn start_with<H, F>(
+        store: Arc<CertStore>,
+        root: CertificateDer<'static>,
+        handler: H,
+        drain: Duration,
+    ) -> Self
+    where
+        H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
         let config = tls::server_config_with(Arc::clone(&store)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -562,6 +577,137 @@ async fn replaced_certificate_is_served_to_new_connections() {
     let (_, body) = get_http2(tls, "https://localhost/rotated").await;
     assert_eq!(body, "h2 HTTP/2.0 /rotated certs=0");
     server.stop().await;
+}
+
+/// A directory laid out as the kubelet lays out a Secret volume: `tls.crt` and `tls.key` are
+/// symlinks through `..data`, itself a symlink to a timestamped directory, so that publishing
+/// a new pair is one atomic rename.
+struct SecretVolume {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretVolume {
+    fn new(dir: &TempDir) -> Self {
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.0.join(name)).unwrap();
+        }
+        Self {
+            dir: dir.0.clone(),
+            generation: 0,
+        }
+    }
+
+    fn cert_file(&self) -> PathBuf {
+        self.dir.join("tls.crt")
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.dir.join("tls.key")
+    }
+
+    fn publish(&mut self, cert_pem: &str, key_pem: &str) {
+        self.generation += 1;
+        let data = format!("..{}", self.generation);
+        fs::create_dir(self.dir.join(&data)).unwrap();
+        fs::write(self.dir.join(&data).join("tls.crt"), cert_pem).unwrap();
+        fs::write(self.dir.join(&data).join("tls.key"), key_pem).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &tmp).unwrap();
+        fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+/// The server's certificate as a client saw it.
+fn server_leaf(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+#[tokio::test]
+async fn watched_files_rotate_the_certificate_for_new_connections_only() {
+    let dir = TempDir::new("watch-rotate");
+    let mut volume = SecretVolume::new(&dir);
+    let (a_pem, a_key) = pem_pair("localhost");
+    volume.publish(&a_pem, &a_key);
+    let a = tls::load_pem(&volume.cert_file(), &volume.key_file()).unwrap();
+    let a_root = leaf(&a);
+    let store = Arc::new(CertStore::new(a).unwrap());
+
+    let (reloads_tx, mut reloads) = tokio::sync::mpsc::unbounded_channel();
+    let watch_stop = CancellationToken::new();
+    let watch = Arc::clone(&store).watch_files(
+        volume.cert_file(),
+        volume.key_file(),
+        Duration::from_millis(50),
+        watch_stop.clone(),
+        move |r: Result<(), &TlsError>| {
+            let _ = reloads_tx.send(r.map_err(ToString::to_string));
+        },
+    );
+    let server = Server::start_with(store, a_root.clone(), describe, PATIENCE).await;
+
+    // A connection made with A, kept open.
+    let tls = server.connect("localhost", &[b"http/1.1"]).await.unwrap();
+    assert_eq!(server_leaf(&tls), a_root);
+    let (mut old, old_conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(old_conn);
+    let get = |path: &'static str| {
+        Request::get(path)
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(
+        old.send_request(get("/before")).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // B replaces A on disk; the watcher reports the reload (only that: the first check found
+    // the pair already served, or found B).
+    let (b_pem, b_key) = pem_pair("localhost");
+    volume.publish(&b_pem, &b_key);
+    let b_root = CertificateDer::from_pem_slice(b_pem.as_bytes()).unwrap();
+    let reload = tokio::time::timeout(PATIENCE, reloads.recv())
+        .await
+        .unwrap();
+    assert_eq!(reload, Some(Ok(())));
+
+    // New connections see B, and no longer A.
+    let tls = connect(server.addr, &b_root, "localhost", &[b"http/1.1"], None)
+        .await
+        .unwrap();
+    assert_eq!(server_leaf(&tls), b_root);
+    let (_, body) = get_http1(tls, "/after").await;
+    assert_eq!(body, "http/1.1 HTTP/1.1 /after certs=0");
+    assert!(server.connect("localhost", &[b"http/1.1"]).await.is_err());
+
+    // The connection made with A still works.
+    let resp = old.send_request(get("/still-open")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"http/1.1 HTTP/1.1 /still-open certs=0");
+
+    // A corrupt replacement is reported and B stays.
+    volume.publish("-----BEGIN CERTIFICATE-----\ntruncat", &b_key);
+    let reload = tokio::time::timeout(PATIENCE, reloads.recv())
+        .await
+        .unwrap();
+    let err = reload.unwrap().unwrap_err();
+    assert!(err.contains("tls.crt: malformed PEM"), "{err}");
+    let tls = connect(server.addr, &b_root, "localhost", &[b"http/1.1"], None)
+        .await
+        .unwrap();
+    assert_eq!(server_leaf(&tls), b_root);
+
+    watch_stop.cancel();
+    tokio::time::timeout(PATIENCE, watch)
+        .await
+        .expect("the watcher stops when cancelled")
+        .unwrap();
+    server.stop().await;
+    assert!(reloads.try_recv().is_err());
 }
 
 #[tokio::test]
