@@ -96,6 +96,78 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
 
+    /// How often the --tls-cert-file/--tls-private-key-file pair is checked for changes.
+    /// Default: 10s.
+    #[arg(long, value_name = "DURATION")]
+    pub cert_reload_interval: Option<ConfigDuration>,
+
+    /// Serve every request without authentication or authorization: for local use only,
+    /// never in a cluster. Warned about at start and every minute.
+    #[arg(long)]
+    pub insecure_dev: bool,
+
+    /// CA bundle that signs kube-apiserver's front-proxy client certificate. Default: the
+    /// kube-system/extension-apiserver-authentication ConfigMap.
+    #[arg(long, value_name = "FILE")]
+    pub requestheader_client_ca_file: Option<String>,
+
+    /// Front-proxy certificate common names accepted (comma-separated); empty: any
+    /// certificate signed by the front-proxy CA.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub requestheader_allowed_names: Option<Vec<String>>,
+
+    /// Request headers naming the user (comma-separated). Default: X-Remote-User.
+    #[arg(long, value_name = "HEADERS", value_delimiter = ',')]
+    pub requestheader_username_headers: Option<Vec<String>>,
+
+    /// Request headers naming the groups. Default: X-Remote-Group.
+    #[arg(long, value_name = "HEADERS", value_delimiter = ',')]
+    pub requestheader_group_headers: Option<Vec<String>>,
+
+    /// Prefixes of request headers carrying extra user attributes. Default: X-Remote-Extra-.
+    #[arg(long, value_name = "PREFIXES", value_delimiter = ',')]
+    pub requestheader_extra_headers_prefix: Option<Vec<String>>,
+
+    /// Request headers naming the user's UID. Default: none.
+    #[arg(long, value_name = "HEADERS", value_delimiter = ',')]
+    pub requestheader_uid_headers: Option<Vec<String>>,
+
+    /// CA bundle of client certificates that authenticate users directly (CN = user,
+    /// O = groups).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca_file: Option<String>,
+
+    /// Kubeconfig of the kube-apiserver that reviews bearer tokens (TokenReview) and holds the
+    /// authentication ConfigMap. Default: the in-cluster config.
+    #[arg(long, value_name = "FILE")]
+    pub authentication_kubeconfig: Option<String>,
+
+    /// Kubeconfig of the kube-apiserver that authorizes requests (SubjectAccessReview).
+    /// Default: the in-cluster config.
+    #[arg(long, value_name = "FILE")]
+    pub authorization_kubeconfig: Option<String>,
+
+    /// Don't read the kube-system/extension-apiserver-authentication ConfigMap.
+    #[arg(long)]
+    pub authentication_skip_lookup: bool,
+
+    /// Paths served without authentication or authorization (comma-separated; a trailing
+    /// `*` matches a prefix). Default: /healthz,/livez,/readyz,/openapi/*.
+    #[arg(long, value_name = "PATHS", value_delimiter = ',')]
+    pub authorization_always_allow_paths: Option<Vec<String>>,
+
+    /// How long a TokenReview answer is reused. Default: 10s.
+    #[arg(long, value_name = "DURATION")]
+    pub authentication_token_webhook_cache_ttl: Option<ConfigDuration>,
+
+    /// How long an allowing SubjectAccessReview answer is reused. Default: 10s.
+    #[arg(long, value_name = "DURATION")]
+    pub authorization_webhook_cache_authorized_ttl: Option<ConfigDuration>,
+
+    /// How long a denying SubjectAccessReview answer is reused. Default: 10s.
+    #[arg(long, value_name = "DURATION")]
+    pub authorization_webhook_cache_unauthorized_ttl: Option<ConfigDuration>,
+
     /// Write `{"secure": "ADDR"}` here once the HTTPS listener is bound (for tests and
     /// scripts that start the adapter on port 0).
     #[arg(long, value_name = "FILE")]
@@ -150,21 +222,7 @@ pub const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("discovery-interval", true),
     ("client-qps", true),
     ("client-burst", true),
-    ("authentication-kubeconfig", true),
-    ("authentication-skip-lookup", false),
     ("authentication-tolerate-lookup-failure", false),
-    ("authentication-token-webhook-cache-ttl", true),
-    ("authorization-kubeconfig", true),
-    ("authorization-always-allow-paths", true),
-    ("authorization-webhook-cache-authorized-ttl", true),
-    ("authorization-webhook-cache-unauthorized-ttl", true),
-    ("client-ca-file", true),
-    ("requestheader-client-ca-file", true),
-    ("requestheader-allowed-names", true),
-    ("requestheader-username-headers", true),
-    ("requestheader-group-headers", true),
-    ("requestheader-extra-headers-prefix", true),
-    ("requestheader-uid-headers", true),
     ("tls-cipher-suites", true),
     ("tls-min-version", true),
     ("tls-sni-cert-key", true),
@@ -288,6 +346,81 @@ impl Cli {
             };
             set(&mut a.log_level, level.to_owned());
         }
+        if let Some(d) = self.cert_reload_interval {
+            a.cert_reload_interval = d;
+        }
+        a.insecure_dev |= self.insecure_dev;
+        a.authentication_skip_lookup |= self.authentication_skip_lookup;
+        let strings = [
+            (
+                &self.requestheader_client_ca_file,
+                &mut a.requestheader_client_ca_file,
+            ),
+            (&self.client_ca_file, &mut a.client_ca_file),
+            (
+                &self.authentication_kubeconfig,
+                &mut a.authentication_kubeconfig,
+            ),
+            (
+                &self.authorization_kubeconfig,
+                &mut a.authorization_kubeconfig,
+            ),
+        ];
+        for (flag, field) in strings {
+            if let Some(v) = flag {
+                field.clone_from(v);
+            }
+        }
+        let lists = [
+            (
+                &self.requestheader_allowed_names,
+                &mut a.requestheader_allowed_names,
+            ),
+            (
+                &self.requestheader_username_headers,
+                &mut a.requestheader_username_headers,
+            ),
+            (
+                &self.requestheader_group_headers,
+                &mut a.requestheader_group_headers,
+            ),
+            (
+                &self.requestheader_extra_headers_prefix,
+                &mut a.requestheader_extra_headers_prefix,
+            ),
+            (
+                &self.requestheader_uid_headers,
+                &mut a.requestheader_uid_headers,
+            ),
+            (
+                &self.authorization_always_allow_paths,
+                &mut a.authorization_always_allow_paths,
+            ),
+        ];
+        for (flag, field) in lists {
+            if let Some(v) = flag {
+                *field = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+            }
+        }
+        let durations = [
+            (
+                self.authentication_token_webhook_cache_ttl,
+                &mut a.authentication_token_webhook_cache_ttl,
+            ),
+            (
+                self.authorization_webhook_cache_authorized_ttl,
+                &mut a.authorization_webhook_cache_authorized_ttl,
+            ),
+            (
+                self.authorization_webhook_cache_unauthorized_ttl,
+                &mut a.authorization_webhook_cache_unauthorized_ttl,
+            ),
+        ];
+        for (flag, field) in durations {
+            if let Some(d) = flag {
+                *field = d;
+            }
+        }
         if let Some(f) = &self.log_format {
             a.log_format = match f.as_str() {
                 "text" => common::telemetry::LogFormat::Text,
@@ -314,7 +447,8 @@ mod tests {
             "prom-adapter --cert-dir=/var/run/serving-cert --config=/etc/adapter/config.yaml \
              --metrics-relist-interval=1m --prometheus-url=https://prometheus.monitoring.svc:9090/ \
              --secure-port=6443 --tls-cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 \
-             --v=6 -logtostderr --disable-http2 --authorization-always-allow-paths /healthz",
+             --v=6 -logtostderr --disable-http2 --authentication-tolerate-lookup-failure \
+             --requestheader-allowed-names=front-proxy-client,aggregator",
         ));
         assert_eq!(
             dropped,
@@ -322,7 +456,7 @@ mod tests {
                 "tls-cipher-suites",
                 "logtostderr",
                 "disable-http2",
-                "authorization-always-allow-paths"
+                "authentication-tolerate-lookup-failure"
             ]
         );
         let cli = Cli::try_parse_from(kept).unwrap();
@@ -332,6 +466,10 @@ mod tests {
         cli.apply(&mut cfg).unwrap();
         assert_eq!(cfg.listen.get_ref(), "0.0.0.0:6443");
         assert_eq!(cfg.cert_dir, "/var/run/serving-cert");
+        assert_eq!(
+            cfg.requestheader_allowed_names,
+            vec!["front-proxy-client", "aggregator"]
+        );
         assert_eq!(cfg.log_level.get_ref(), "debug");
         assert_eq!(
             cfg.prometheus_url.get_ref(),

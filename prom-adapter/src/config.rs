@@ -74,6 +74,44 @@ pub struct AdapterConfig {
     pub cert_dir: String,
     /// Names the self-signed certificate is valid for.
     pub self_signed_hosts: Vec<String>,
+    /// How often the serving certificate files are checked for a new pair (cert-manager
+    /// rotation); new connections get it, open ones keep theirs.
+    pub cert_reload_interval: ConfigDuration,
+    /// Serve every request without authentication or authorization. Local use only: warned
+    /// about at start and every minute. Without it the adapter needs an authentication source
+    /// and an authorization source, or refuses to start.
+    pub insecure_dev: bool,
+    /// Front-proxy CA (kube-apiserver's `--requestheader-client-ca-file`); `""` reads it from
+    /// the `kube-system/extension-apiserver-authentication` ConfigMap when a kubeconfig or the
+    /// in-cluster config is at hand.
+    pub requestheader_client_ca_file: String,
+    /// Front-proxy certificate CNs accepted; `[]` accepts any certificate of that CA.
+    pub requestheader_allowed_names: Vec<String>,
+    /// Headers naming the user.
+    pub requestheader_username_headers: Vec<String>,
+    /// Headers naming the groups.
+    pub requestheader_group_headers: Vec<String>,
+    /// Prefixes of the extra-attribute headers.
+    pub requestheader_extra_headers_prefix: Vec<String>,
+    /// Headers naming the user's UID.
+    pub requestheader_uid_headers: Vec<String>,
+    /// CA of client certificates that authenticate users directly (CN = user, O = groups).
+    pub client_ca_file: String,
+    /// Kubeconfig for TokenReview and the authentication ConfigMap; `""`: in-cluster config
+    /// when running in a pod.
+    pub authentication_kubeconfig: String,
+    /// Kubeconfig for SubjectAccessReview; `""`: in-cluster config when running in a pod.
+    pub authorization_kubeconfig: String,
+    /// Don't read the authentication ConfigMap (flags only).
+    pub authentication_skip_lookup: bool,
+    /// Paths served without authentication or authorization (`*` suffix = prefix).
+    pub authorization_always_allow_paths: Vec<String>,
+    /// How long a TokenReview answer is reused.
+    pub authentication_token_webhook_cache_ttl: ConfigDuration,
+    /// How long an allowing SubjectAccessReview answer is reused.
+    pub authorization_webhook_cache_authorized_ttl: ConfigDuration,
+    /// How long a denying SubjectAccessReview answer is reused.
+    pub authorization_webhook_cache_unauthorized_ttl: ConfigDuration,
     /// On SIGTERM, in-flight requests get this long to finish.
     pub shutdown_grace: ConfigDuration,
     /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
@@ -105,6 +143,24 @@ impl Default for AdapterConfig {
             tls_private_key_file: String::new(),
             cert_dir: String::new(),
             self_signed_hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            cert_reload_interval: ConfigDuration(Duration::from_secs(10)),
+            insecure_dev: false,
+            requestheader_client_ca_file: String::new(),
+            requestheader_allowed_names: Vec::new(),
+            requestheader_username_headers: vec!["X-Remote-User".into()],
+            requestheader_group_headers: vec!["X-Remote-Group".into()],
+            requestheader_extra_headers_prefix: vec!["X-Remote-Extra-".into()],
+            requestheader_uid_headers: Vec::new(),
+            client_ca_file: String::new(),
+            authentication_kubeconfig: String::new(),
+            authorization_kubeconfig: String::new(),
+            authentication_skip_lookup: false,
+            authorization_always_allow_paths: ["/healthz", "/livez", "/readyz", "/openapi/*"]
+                .map(String::from)
+                .to_vec(),
+            authentication_token_webhook_cache_ttl: ConfigDuration(Duration::from_secs(10)),
+            authorization_webhook_cache_authorized_ttl: ConfigDuration(Duration::from_secs(10)),
+            authorization_webhook_cache_unauthorized_ttl: ConfigDuration(Duration::from_secs(10)),
             shutdown_grace: ConfigDuration(Duration::from_secs(5)),
             log_level: Spanned::new(0..0, "info".into()),
             log_format: LogFormat::Text,

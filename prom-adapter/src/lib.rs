@@ -14,6 +14,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod discovery;
@@ -43,18 +44,158 @@ pub enum RunError {
     /// The Prometheus client could not be built (bad CA file, header, URL).
     #[error("prometheus client: {0}")]
     Client(String),
+    /// The settings can't work (no way to authenticate, unreadable CA): a usage error.
+    #[error("{0}")]
+    Config(String),
+    /// The listener could not be bound.
+    #[error("{0}")]
+    Bind(String),
+}
+
+/// How often `--insecure-dev` is warned about.
+const INSECURE_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the authentication ConfigMap is re-read.
+const CONFIG_MAP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Builds authentication and authorization from the settings, and starts re-reading the
+/// authentication ConfigMap. Secure by default: without `insecure_dev` it needs an
+/// authentication source and an authorization source.
+pub async fn access(
+    adapter: &config::AdapterConfig,
+    registry: &prometheus::Registry,
+    stop: &CancellationToken,
+) -> Result<server::Access<auth::KubeAuth>, RunError> {
+    if adapter.insecure_dev {
+        return Ok(server::Access::Open);
+    }
+    let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+    let authn_kubeconfig = path(&adapter.authentication_kubeconfig);
+    let authz_kubeconfig = path(&adapter.authorization_kubeconfig);
+    let kube = auth::KubeAuth::new(authn_kubeconfig.as_deref(), authz_kubeconfig.as_deref())
+        .await
+        .map_err(|e| RunError::Config(format!("kube-apiserver client: {e}")))?;
+    let requestheader = match path(&adapter.requestheader_client_ca_file) {
+        Some(file) => {
+            let ca = common::tls::ClientCa::from_pem_file(&file)
+                .map_err(|e| RunError::Config(format!("--requestheader-client-ca-file: {e}")))?;
+            Some(auth::RequestHeaderConfig {
+                allowed_names: adapter.requestheader_allowed_names.clone(),
+                username_headers: adapter.requestheader_username_headers.clone(),
+                group_headers: adapter.requestheader_group_headers.clone(),
+                extra_prefixes: adapter.requestheader_extra_headers_prefix.clone(),
+                uid_headers: adapter.requestheader_uid_headers.clone(),
+                ..auth::RequestHeaderConfig::new(ca)
+            })
+        }
+        None => None,
+    };
+    let client_ca = match path(&adapter.client_ca_file) {
+        Some(file) => Some(
+            common::tls::ClientCa::from_pem_file(&file)
+                .map_err(|e| RunError::Config(format!("--client-ca-file: {e}")))?,
+        ),
+        None => None,
+    };
+    let pinned = auth::AuthnConfig {
+        requestheader,
+        client_ca,
+        token_cache_ttl: adapter.authentication_token_webhook_cache_ttl.0,
+        ..auth::AuthnConfig::default()
+    };
+    let Some(kube) = kube else {
+        return Err(RunError::Config(
+            "no kube-apiserver to authorize requests with (SubjectAccessReview): give \
+             --authorization-kubeconfig (and --authentication-kubeconfig), run in a cluster, \
+             or pass --insecure-dev for local use"
+                .into(),
+        ));
+    };
+    if let Err(e) = auth::check_always_allow_patterns(&adapter.authorization_always_allow_paths) {
+        return Err(RunError::Config(format!(
+            "--authorization-always-allow-paths: {e}"
+        )));
+    }
+    let metrics = auth::AuthMetrics::new();
+    if let Err(e) = metrics.register(registry) {
+        tracing::warn!(error = %e, "Cannot register the authentication metrics.");
+    }
+    let authn = Arc::new(auth::Authenticator::new(
+        pinned.clone(),
+        Some(kube.clone()),
+        metrics.clone(),
+    ));
+    if !adapter.authentication_skip_lookup {
+        match authn.reload_from_cluster(&pinned).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the authentication ConfigMap; using the flags.")
+            }
+        }
+        let (authn, stop) = (Arc::clone(&authn), stop.clone());
+        tokio::spawn(async move { authn.reload_loop(pinned, CONFIG_MAP_EVERY, stop).await });
+    }
+    let authz = Arc::new(auth::Authorizer::new(
+        Some(kube),
+        auth::AuthzConfig {
+            authorized_ttl: adapter.authorization_webhook_cache_authorized_ttl.0,
+            unauthorized_ttl: adapter.authorization_webhook_cache_unauthorized_ttl.0,
+        },
+        metrics,
+    ));
+    Ok(server::Access::Delegated {
+        authn,
+        authz,
+        always_allow: adapter.authorization_always_allow_paths.clone(),
+    })
 }
 
 /// Serves until `shutdown` resolves, relisting in the background.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    certs: Arc<common::tls::CertStore>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let client =
         Client::new(cfg.prometheus.clone()).map_err(|e| RunError::Client(e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+    let access = access(&cfg.adapter, metrics.registry(), &stop).await?;
+    let client_certs = match access {
+        server::Access::Open => {
+            tracing::warn!(
+                "--insecure-dev: every request is served without authentication or authorization. Never use this in a cluster."
+            );
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(INSECURE_WARNING_EVERY);
+                every.tick().await;
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = every.tick() => tracing::warn!("--insecure-dev: still serving without authentication or authorization."),
+                    }
+                }
+            });
+            common::tls::ClientCerts::None
+        }
+        server::Access::Delegated { .. } => common::tls::ClientCerts::Request,
+    };
+    let tls = common::tls::server_config_for(Arc::clone(&certs), client_certs)
+        .map_err(|e| RunError::Config(format!("TLS: {e}")))?;
+    if !cfg.adapter.tls_cert_file.is_empty() {
+        let reloads = metrics.cert_reloads.clone();
+        Arc::clone(&certs).watch_files(
+            cfg.adapter.tls_cert_file.clone().into(),
+            cfg.adapter.tls_private_key_file.clone().into(),
+            cfg.adapter.cert_reload_interval.0,
+            stop.clone(),
+            move |result| {
+                let label = if result.is_ok() { "ok" } else { "error" };
+                reloads.with_label_values(&[label]).inc();
+            },
+        );
+    }
     let provider = Arc::new(Provider::new(
         client,
         Arc::new(cfg.rules.clone()),
@@ -65,14 +206,14 @@ pub async fn run(
         provider: Arc::clone(&provider),
         metrics,
         ready: AtomicBool::new(true),
+        access,
     });
-    let stop = CancellationToken::new();
     let relist = tokio::spawn(relist_loop(
         Arc::clone(&provider),
         cfg.relist_interval,
         stop.clone(),
     ));
-    let handler = move |req, _conn| server::handle(Arc::clone(&state), req);
+    let handler = move |req, conn| server::handle(Arc::clone(&state), req, conn);
     let serving = tokio::spawn(common::http::serve_tls(
         listener,
         tls,
@@ -116,11 +257,11 @@ async fn relist_loop<P: prom::PromApi>(
     }
 }
 
-/// The serving TLS config: the given PEM pair, or a self-signed one (kept in `cert_dir`
-/// when set, so restarts keep the same certificate).
-pub fn serving_tls(
+/// The serving certificate: the given PEM pair (re-read on change while serving), or a
+/// self-signed one (kept in `cert_dir` when set, so restarts keep the same certificate).
+pub fn serving_cert(
     adapter: &config::AdapterConfig,
-) -> Result<Arc<rustls::ServerConfig>, common::tls::TlsError> {
+) -> Result<Arc<common::tls::CertStore>, common::tls::TlsError> {
     let cert = if adapter.tls_cert_file.is_empty() {
         let dir = (!adapter.cert_dir.is_empty()).then(|| std::path::Path::new(&adapter.cert_dir));
         let (cert, pem) = common::tls::self_signed(&adapter.self_signed_hosts, dir)?;
@@ -137,7 +278,7 @@ pub fn serving_tls(
             std::path::Path::new(&adapter.tls_private_key_file),
         )?
     };
-    common::tls::server_config(cert)
+    common::tls::CertStore::new(cert).map(Arc::new)
 }
 
 /// `prom-adapter render`: the PromQL a request would run, after one discovery pass.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use prom_adapter::RunError;
 use prom_adapter::cli::{Cli, Command, strip_ignored};
 use prom_adapter::config::{AdapterConfig, Config, load_pipeline};
 
@@ -117,8 +118,8 @@ fn main() -> ExitCode {
     for w in &cfg.warnings {
         tracing::warn!(warning = %w, "Config warning.");
     }
-    let tls = match prom_adapter::serving_tls(&cfg.adapter) {
-        Ok(tls) => tls,
+    let certs = match prom_adapter::serving_cert(&cfg.adapter) {
+        Ok(certs) => certs,
         Err(e) => return usage_error(e),
     };
     let rt = match runtime() {
@@ -131,8 +132,10 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|e| RunError::Bind(format!("cannot listen on {}: {e}", cfg.listen)))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| RunError::Bind(e.to_string()))?;
         tracing::info!(address = %bound, "Serving HTTPS.");
         if let Some(path) = &cli.ready_file
             && let Err(e) =
@@ -140,12 +143,20 @@ fn main() -> ExitCode {
         {
             tracing::error!(path = %path.display(), error = %e, "Cannot write the ready file.");
         }
-        prom_adapter::run(cfg, listener, Arc::clone(&tls), common::shutdown::signal())
-            .await
-            .map_err(|e| e.to_string())
+        prom_adapter::run(
+            cfg,
+            listener,
+            Arc::clone(&certs),
+            common::shutdown::signal(),
+        )
+        .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Config(usage)) => {
+            tracing::error!(error = %usage, "prom-adapter cannot start.");
+            usage_error(usage)
+        }
         Err(e) => {
             tracing::error!(error = %e, "prom-adapter failed.");
             ExitCode::FAILURE

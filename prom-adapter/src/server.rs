@@ -12,21 +12,42 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use common::http::ConnInfo;
+
 use crate::api::route::{self, Route};
 use crate::api::types;
 use crate::api::{ApiError, CUSTOM_GROUP, EXTERNAL_GROUP};
+use crate::auth::kube_api::{KubeAuth, KubeAuthApi};
+use crate::auth::{self, Attributes, Authenticator, Authorizer, Decision, UserInfo};
 use crate::prom::PromApi;
 use crate::provider::Provider;
 use crate::telemetry::Metrics;
 
+/// Who may ask what.
+pub enum Access<K> {
+    /// `--insecure-dev`: everyone, everything.
+    Open,
+    /// kube-apiserver's delegated authentication and authorization.
+    Delegated {
+        /// Front proxy, client certificates, TokenReview.
+        authn: Arc<Authenticator<K>>,
+        /// SubjectAccessReview.
+        authz: Arc<Authorizer<K>>,
+        /// Paths served without credentials.
+        always_allow: Vec<String>,
+    },
+}
+
 /// What the handlers share.
-pub struct State<P> {
+pub struct State<P, K = KubeAuth> {
     /// The core.
     pub provider: Arc<Provider<P>>,
     /// Self-metrics.
     pub metrics: Arc<Metrics>,
     /// Serving: config loaded, certificate in place, listener bound.
     pub ready: AtomicBool,
+    /// Authentication and authorization.
+    pub access: Access<K>,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -87,18 +108,13 @@ const OPENAPI_V2: &str =
 const OPENAPI_V3: &str = r#"{"paths":{}}"#;
 
 /// Answers one request. `method`, `path` and `query` are all it reads.
-pub async fn respond<P: PromApi>(
-    state: &State<P>,
+pub async fn respond<P: PromApi, K>(
+    state: &State<P, K>,
     method: &Method,
     path: &str,
     query: Option<&str>,
 ) -> Answer {
-    let group = match path {
-        p if p.starts_with("/apis/custom.metrics.k8s.io/") => "custom",
-        p if p.starts_with("/apis/external.metrics.k8s.io/") => "external",
-        p if p.starts_with("/apis") => "discovery",
-        _ => "other",
-    };
+    let group = group_of(path);
     if method != Method::GET && method != Method::HEAD {
         return error(&ApiError::MethodNotAllowed, group);
     }
@@ -161,13 +177,82 @@ pub async fn respond<P: PromApi>(
     }
 }
 
-/// The hyper handler: [`respond`], timed and counted.
-pub async fn handle<P: PromApi>(state: Arc<State<P>>, req: Request<Incoming>) -> Response<Body> {
+/// The group label of a path, for the request metrics.
+fn group_of(path: &str) -> &'static str {
+    match path {
+        p if p.starts_with("/apis/custom.metrics.k8s.io/") => "custom",
+        p if p.starts_with("/apis/external.metrics.k8s.io/") => "external",
+        p if p.starts_with("/apis") => "discovery",
+        _ => "other",
+    }
+}
+
+/// Authenticates and authorizes a request; `None` lets it through, `Some` is the refusal.
+pub async fn check_access<K: KubeAuthApi>(
+    access: &Access<K>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &hyper::HeaderMap,
+    conn: &ConnInfo,
+) -> Option<ApiError> {
+    let Access::Delegated {
+        authn,
+        authz,
+        always_allow,
+    } = access
+    else {
+        return None;
+    };
+    if auth::always_allowed(path, always_allow) {
+        return None;
+    }
+    let refusal = |decision: Decision, user: Option<(&UserInfo, &Attributes)>| match decision {
+        Decision::Allow => None,
+        Decision::Unauthenticated(why) => {
+            tracing::debug!(peer = %conn.peer, path, reason = %why, "Unauthenticated request.");
+            Some(ApiError::Unauthorized)
+        }
+        Decision::Deny(reason) => Some(ApiError::Forbidden(match user {
+            Some((user, attrs)) => auth::forbidden_message(user, attrs, &reason),
+            None => reason,
+        })),
+        Decision::Unavailable(why) => Some(ApiError::Unavailable(format!(
+            "cannot check the request's credentials with the kube-apiserver: {why}"
+        ))),
+    };
+    let user = match authn.authenticate(headers, conn).await {
+        Ok(user) => user,
+        Err(decision) => return refusal(decision, None),
+    };
+    let attrs = auth::attributes(method.as_str(), path, query);
+    let decision = authz.authorize(&user, &attrs).await;
+    refusal(decision, Some((&user, &attrs)))
+}
+
+/// The hyper handler: access checks, then [`respond`], timed and counted.
+pub async fn handle<P: PromApi, K: KubeAuthApi>(
+    state: Arc<State<P, K>>,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let answer = respond(&state, &method, &path, query.as_deref()).await;
+    let refused = check_access(
+        &state.access,
+        &method,
+        &path,
+        query.as_deref(),
+        req.headers(),
+        &conn,
+    )
+    .await;
+    let answer = match refused {
+        Some(e) => error(&e, group_of(&path)),
+        None => respond(&state, &method, &path, query.as_deref()).await,
+    };
     let code = answer.status.as_u16();
     state
         .metrics

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub non_finite: IntCounterVec,
     /// Answers with no sample, by API.
     pub empty: IntCounterVec,
+    /// Serving certificate reloads by result (`ok`, `error`).
+    pub cert_reloads: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -144,10 +146,21 @@ impl Metrics {
                 "Requests whose query returned no sample for the object, by API.",
                 &["api"],
             ),
+            cert_reloads: counter(
+                &registry,
+                "prom_adapter_serving_cert_reloads_total",
+                "Reloads of the serving certificate files by result; on error the old pair stays.",
+                &["result"],
+            ),
             discovered,
             clamped,
             registry,
         }
+    }
+
+    /// The registry, for metrics defined elsewhere (authentication).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The exposition page.

@@ -52,6 +52,7 @@ fn start(dir: &Path, extra: &[&str]) -> (Adapter, String) {
         .args(["--secure-port", "0", "--bind-address", "127.0.0.1"])
         // Nothing listens here: the adapter must serve anyway.
         .args(["--prometheus-url", "http://127.0.0.1:1"])
+        .arg("--insecure-dev")
         .arg("--ready-file")
         .arg(&ready)
         .args(extra)
@@ -90,6 +91,26 @@ fn sigterm_exits_zero() {
     // A guard against a hang, not a performance figure.
     let status = wait_exit(&mut adapter.0, Duration::from_secs(30)).expect("still running");
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn refuses_to_start_without_a_way_to_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, RULES).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&rules)
+        .args(["--secure-port", "0", "--bind-address", "127.0.0.1"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--insecure-dev") && err.contains("--authorization-kubeconfig"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -24,6 +24,12 @@ pub enum ApiError {
     /// Malformed selector or path (400).
     #[error("{0}")]
     BadRequest(String),
+    /// No valid credentials (401).
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// Authenticated but not allowed (403); the message says who may not do what, and why.
+    #[error("{0}")]
+    Forbidden(String),
     /// Anything but GET (405).
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -41,6 +47,8 @@ impl ApiError {
         match self {
             Self::NotFound(_) => 404,
             Self::BadRequest(_) => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden(_) => 403,
             Self::MethodNotAllowed => 405,
             Self::Unavailable(_) => 503,
             Self::Internal(_) => 500,
@@ -52,6 +60,8 @@ impl ApiError {
         match self {
             Self::NotFound(_) => "NotFound",
             Self::BadRequest(_) => "BadRequest",
+            Self::Unauthorized => "Unauthorized",
+            Self::Forbidden(_) => "Forbidden",
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::Unavailable(_) => "ServiceUnavailable",
             Self::Internal(_) => "InternalError",
@@ -114,6 +124,8 @@ mod tests {
         );
         for (e, code, reason) in [
             (ApiError::BadRequest("x".into()), 400, "BadRequest"),
+            (ApiError::Unauthorized, 401, "Unauthorized"),
+            (ApiError::Forbidden("x".into()), 403, "Forbidden"),
             (ApiError::MethodNotAllowed, 405, "MethodNotAllowed"),
             (ApiError::Unavailable("x".into()), 503, "ServiceUnavailable"),
             (ApiError::Internal("x".into()), 500, "InternalError"),
