@@ -41,9 +41,12 @@ fi
 if ! command -v kubectl >/dev/null 2>&1; then
     apt_packages+=(kubernetes-client)
 fi
-# openssl speaks raw HTTPS in the adapter tests (an Accept header kubectl won't send).
+# openssl and curl speak raw HTTPS in the adapter tests (headers kubectl won't send).
 if ! command -v openssl >/dev/null 2>&1; then
     apt_packages+=(openssl)
+fi
+if ! command -v curl >/dev/null 2>&1; then
+    apt_packages+=(curl)
 fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     step "Installing Debian packages: ${apt_packages[*]}"
@@ -54,14 +57,14 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
         --no-install-recommends "${apt_packages[@]}"; then
         echo "warning: apt-get install reported an error; checking the programs anyway" >&2
     fi
-    for program in prometheus promtool victoria-metrics python3 kubectl openssl; do
+    for program in prometheus promtool victoria-metrics python3 kubectl openssl curl; do
         if ! command -v "$program" >/dev/null 2>&1; then
             echo "error: $program is still missing after apt-get install" >&2
             exit 1
         fi
     done
 else
-    step "Packages: prometheus, promtool, victoria-metrics, kubectl, openssl already installed"
+    step "Packages: prometheus, promtool, victoria-metrics, kubectl, openssl, curl already installed"
 fi
 
 # --- Python venv -----------------------------------------------------------------------------

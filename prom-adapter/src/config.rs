@@ -185,6 +185,8 @@ pub struct Config {
     pub rules: RuleSet,
     /// Things to log once at start.
     pub warnings: Warnings,
+    /// The files the config was read from, watched for changes to reload the rules.
+    pub sources: Vec<PathBuf>,
 }
 
 fn opt_path(s: &str) -> Option<PathBuf> {
@@ -277,6 +279,10 @@ impl Config {
         }
         let mut rules = RuleSet::default();
         let mut warnings = Warnings::new();
+        let mut sources = Vec::new();
+        if !src.is_empty() {
+            sources.push(path.to_path_buf());
+        }
         let rules_file = adapter.rules_file.get_ref();
         if !rules_file.is_empty() {
             let file = base_dir.join(rules_file);
@@ -288,6 +294,7 @@ impl Config {
                 )
             })?;
             let (set, w) = rules::from_yaml(&text, &file)?;
+            sources.push(file.clone());
             rules.extend(set);
             warnings.extend(w);
         }
@@ -325,6 +332,7 @@ impl Config {
             max_age,
             rules,
             warnings,
+            sources,
             adapter,
         })
     }

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod objects;
 pub mod prom;
 pub mod provider;
 pub mod quantity;
@@ -149,11 +150,19 @@ pub async fn access(
     })
 }
 
-/// Serves until `shutdown` resolves, relisting in the background.
+/// Reads the config again, with the same flags, for a reload.
+pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// How often the config files are checked for changes.
+const CONFIG_POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves until `shutdown` resolves, relisting in the background; with a `reloader`, the rules
+/// are reloaded on SIGHUP and when a config file changes.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
     certs: Arc<common::tls::CertStore>,
+    reloader: Option<Reloader>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let client =
@@ -213,6 +222,15 @@ pub async fn run(
         cfg.relist_interval,
         stop.clone(),
     ));
+    if let Some(reloader) = reloader {
+        tokio::spawn(reload_loop(
+            Arc::clone(&provider),
+            Arc::clone(&state.metrics),
+            cfg.sources.clone(),
+            reloader,
+            stop.clone(),
+        ));
+    }
     let handler = move |req, conn| server::handle(Arc::clone(&state), req, conn);
     let serving = tokio::spawn(common::http::serve_tls(
         listener,
@@ -227,6 +245,72 @@ pub async fn run(
     let _ = relist.await;
     let _ = serving.await;
     Ok(())
+}
+
+/// A file's identity for change detection: modification time, length, inode.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+/// Reloads the rules on SIGHUP or when a source file changes. A config that doesn't load
+/// keeps the running rules; the error (with file, line and column) is logged and counted.
+async fn reload_loop<P: prom::PromApi>(
+    provider: Arc<Provider<P>>,
+    metrics: Arc<Metrics>,
+    sources: Vec<std::path::PathBuf>,
+    reloader: Reloader,
+    stop: CancellationToken,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGHUP; reloading on file changes only.");
+            None
+        }
+    };
+    let stamps = |sources: &[std::path::PathBuf]| -> Vec<_> {
+        sources.iter().map(|p| file_stamp(p)).collect()
+    };
+    let mut seen = stamps(&sources);
+    let mut sources = sources;
+    let mut poll = tokio::time::interval(CONFIG_POLL_EVERY);
+    loop {
+        let why = tokio::select! {
+            () = stop.cancelled() => return,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = poll.tick() => {
+                let now = stamps(&sources);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "file changed"
+            }
+        };
+        match reloader() {
+            Ok(cfg) => {
+                tracing::info!(
+                    trigger = why,
+                    rules = cfg.rules.custom.len(),
+                    external_rules = cfg.rules.external.len(),
+                    "Reloaded the config; discovering with the new rules."
+                );
+                sources = cfg.sources.clone();
+                seen = stamps(&sources);
+                provider.replace_rules(cfg.rules);
+                metrics.config_reloads.with_label_values(&["ok"]).inc();
+                metrics.config_last_reload_ok.set(1.0);
+                provider.relist().await;
+            }
+            Err(e) => {
+                tracing::error!(trigger = why, error = %e, "Config reload failed; keeping the running rules.");
+                metrics.config_reloads.with_label_values(&["error"]).inc();
+                metrics.config_last_reload_ok.set(0.0);
+            }
+        }
+    }
 }
 
 /// Relists now and then every `interval` until `stop`.

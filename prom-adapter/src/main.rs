@@ -143,10 +143,14 @@ fn main() -> ExitCode {
         {
             tracing::error!(path = %path.display(), error = %e, "Cannot write the ready file.");
         }
+        let reload_cli = cli.clone();
+        let reloader: prom_adapter::Reloader =
+            Arc::new(move || load(&reload_cli, reload_cli.config.as_deref()));
         prom_adapter::run(
             cfg,
             listener,
             Arc::clone(&certs),
+            Some(reloader),
             common::shutdown::signal(),
         )
         .await

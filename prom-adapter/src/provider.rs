@@ -40,12 +40,21 @@ pub struct RelistOutcome {
 /// The adapter's core, generic over the backend.
 pub struct Provider<P> {
     prom: P,
-    rules: Arc<RuleSet>,
-    registry: RwLock<Arc<Registry>>,
+    catalog: RwLock<Arc<Catalog>>,
     metrics: Arc<Metrics>,
     max_age: Duration,
     last_relist: tokio::sync::Mutex<Option<Instant>>,
     inflight: std::sync::Mutex<HashMap<String, InflightQuery>>,
+}
+
+/// The rules and what discovery found with them, swapped together so a registry entry's rule
+/// index always points into the rules it was found with (a reload replaces both).
+#[derive(Debug)]
+pub struct Catalog {
+    /// The rules.
+    pub rules: Arc<RuleSet>,
+    /// The metrics discovered with them.
+    pub registry: Arc<Registry>,
 }
 
 /// A query in flight: later identical requests wait for its answer instead of asking again.
@@ -78,11 +87,10 @@ fn now_unix() -> f64 {
 impl<P: PromApi> Provider<P> {
     /// A provider serving what the rules name statically until the first relist.
     pub fn new(prom: P, rules: Arc<RuleSet>, metrics: Arc<Metrics>, max_age: Duration) -> Self {
-        let registry = Registry::from_rules(&rules);
+        let registry = Arc::new(Registry::from_rules(&rules));
         let provider = Self {
             prom,
-            registry: RwLock::new(Arc::new(registry)),
-            rules,
+            catalog: RwLock::new(Arc::new(Catalog { rules, registry })),
             metrics,
             max_age,
             last_relist: tokio::sync::Mutex::new(None),
@@ -92,17 +100,41 @@ impl<P: PromApi> Provider<P> {
         provider
     }
 
+    /// The rules and registry served now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .map(|c| Arc::clone(&c))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+    }
+
     /// The rules served.
-    pub fn rules(&self) -> &RuleSet {
-        &self.rules
+    pub fn rules(&self) -> Arc<RuleSet> {
+        Arc::clone(&self.catalog().rules)
     }
 
     /// The current registry.
     pub fn registry(&self) -> Arc<Registry> {
-        self.registry
-            .read()
-            .map(|r| Arc::clone(&r))
-            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+        Arc::clone(&self.catalog().registry)
+    }
+
+    fn store(&self, catalog: Catalog) {
+        let catalog = Arc::new(catalog);
+        match self.catalog.write() {
+            Ok(mut c) => *c = catalog,
+            Err(poisoned) => *poisoned.into_inner() = catalog,
+        }
+        self.publish_counts();
+    }
+
+    /// Swaps in reloaded rules: served at once with what they name by themselves, and
+    /// discovered in full by the next relist (which the caller starts).
+    pub fn replace_rules(&self, rules: RuleSet) {
+        let registry = Arc::new(Registry::from_rules(&rules));
+        self.store(Catalog {
+            rules: Arc::new(rules),
+            registry,
+        });
     }
 
     fn publish_counts(&self) {
@@ -149,9 +181,10 @@ impl<P: PromApi> Provider<P> {
     async fn relist_locked(&self) -> RelistOutcome {
         let end = SystemTime::now();
         let start = end.checked_sub(self.max_age).unwrap_or(UNIX_EPOCH);
-        let rules: Vec<&Rule> = self.rules.iter().collect();
+        let catalog = self.catalog();
+        let rules: Vec<&Rule> = catalog.rules.iter().collect();
         let mut findings: Vec<Option<RuleFindings>> = vec![None; rules.len()];
-        let queries = Registry::series_queries(&self.rules);
+        let queries = Registry::series_queries(&catalog.rules);
         let mut failed = 0;
         for (selector, indexes) in &queries {
             match self
@@ -174,18 +207,20 @@ impl<P: PromApi> Provider<P> {
                 }
             }
         }
-        let next = self.registry().update(&self.rules, findings);
+        let next = catalog.registry.update(&catalog.rules, findings);
         let outcome = RelistOutcome {
             queries: queries.len(),
             failed,
             custom: next.custom_len(),
             external: next.external_len(),
         };
-        match self.registry.write() {
-            Ok(mut r) => *r = Arc::new(next),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
+        // Rules reloaded while this ran: these findings belong to the old ones.
+        if Arc::ptr_eq(&self.catalog().rules, &catalog.rules) {
+            self.store(Catalog {
+                rules: Arc::clone(&catalog.rules),
+                registry: Arc::new(next),
+            });
         }
-        self.publish_counts();
         let result = match failed {
             0 => "ok",
             n if n == queries.len() && n > 0 => "failed",
@@ -220,7 +255,8 @@ impl<P: PromApi> Provider<P> {
 
     /// The resources listed for one group version.
     pub fn resource_list(&self, external: bool) -> Vec<ApiResource> {
-        let r = self.registry();
+        let catalog = self.catalog();
+        let r = &catalog.registry;
         let list = if external {
             r.external_resources()
         } else {
@@ -230,7 +266,7 @@ impl<P: PromApi> Provider<P> {
             return list;
         }
         // Nothing discovered: what the rules name by themselves is better than nothing.
-        let statics = Registry::from_rules(&self.rules);
+        let statics = Registry::from_rules(&catalog.rules);
         if external {
             statics.external_resources()
         } else {
@@ -238,40 +274,53 @@ impl<P: PromApi> Provider<P> {
         }
     }
 
+    /// The catalog a metric was found in, and its entry there.
     async fn custom_entry(
         &self,
         gr: &GroupResource,
         metric: &str,
-    ) -> Result<CustomEntry, ApiError> {
-        if let Some(e) = self.registry().custom(gr, metric) {
-            return Ok(e.clone());
+    ) -> Result<(Arc<Catalog>, CustomEntry), ApiError> {
+        let catalog = self.catalog();
+        if let Some(e) = catalog.registry.custom(gr, metric) {
+            let e = e.clone();
+            return Ok((catalog, e));
         }
         self.relist_on_demand().await;
-        self.registry()
+        let catalog = self.catalog();
+        let entry = catalog
+            .registry
             .custom(gr, metric)
             .cloned()
-            .ok_or_else(|| ApiError::metric_not_found(metric, &gr.to_string()))
+            .ok_or_else(|| ApiError::metric_not_found(metric, &gr.to_string()))?;
+        Ok((catalog, entry))
     }
 
-    async fn external_entry(&self, metric: &str) -> Result<ExternalEntry, ApiError> {
-        if let Some(e) = self.registry().external(metric) {
-            return Ok(e.clone());
+    async fn external_entry(
+        &self,
+        metric: &str,
+    ) -> Result<(Arc<Catalog>, ExternalEntry), ApiError> {
+        let catalog = self.catalog();
+        if let Some(e) = catalog.registry.external(metric) {
+            let e = e.clone();
+            return Ok((catalog, e));
         }
         self.relist_on_demand().await;
-        self.registry()
+        let catalog = self.catalog();
+        let entry = catalog
+            .registry
             .external(metric)
             .cloned()
-            .ok_or_else(|| ApiError::metric_not_found(metric, "external metrics"))
+            .ok_or_else(|| ApiError::metric_not_found(metric, "external metrics"))?;
+        Ok((catalog, entry))
     }
 
-    fn plan_custom(
-        &self,
+    fn plan_custom<'r>(
+        rules: &'r RuleSet,
         req: &CustomRequest,
         entry: &CustomEntry,
         metric_selector: &Selector,
-    ) -> Result<(&Rule, RenderedQuery), ApiError> {
-        let rule = self
-            .rules
+    ) -> Result<(&'r Rule, RenderedQuery), ApiError> {
+        let rule = rules
             .custom
             .get(entry.rule)
             .ok_or_else(|| ApiError::Internal("rule index out of range".into()))?;
@@ -298,24 +347,23 @@ impl<P: PromApi> Provider<P> {
         let gr = GroupResource::parse(&req.resource);
         let metric_selector = Selector::parse(&req.metric_label_selector)
             .map_err(|e| bad_selector("metricLabelSelector", e))?;
-        let entry = self.custom_entry(&gr, &req.metric).await?;
-        self.plan_custom(req, &entry, &metric_selector)
-            .map(|(_, q)| q.promql)
+        let (catalog, entry) = self.custom_entry(&gr, &req.metric).await?;
+        Self::plan_custom(&catalog.rules, req, &entry, &metric_selector).map(|(_, q)| q.promql)
     }
 
     /// The PromQL an external-metrics request runs.
     pub async fn render_external(&self, req: &ExternalRequest) -> Result<String, ApiError> {
         let selector =
             Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
-        let entry = self.external_entry(&req.metric).await?;
-        let rule = self.external_rule(&entry)?;
+        let (catalog, entry) = self.external_entry(&req.metric).await?;
+        let rule = Self::external_rule(&catalog.rules, &entry)?;
         query::external(rule, &entry.series, &req.namespace, &selector)
             .map(|q| q.promql)
             .map_err(query_error)
     }
 
-    fn external_rule(&self, entry: &ExternalEntry) -> Result<&Rule, ApiError> {
-        self.rules
+    fn external_rule<'r>(rules: &'r RuleSet, entry: &ExternalEntry) -> Result<&'r Rule, ApiError> {
+        rules
             .external
             .get(entry.rule)
             .ok_or_else(|| ApiError::Internal("rule index out of range".into()))
@@ -456,8 +504,8 @@ impl<P: PromApi> Provider<P> {
             .map_err(|e| bad_selector("metricLabelSelector", e))?;
         let object_selector =
             Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
-        let entry = self.custom_entry(&gr, &req.metric).await?;
-        let (rule, q) = self.plan_custom(req, &entry, &metric_selector)?;
+        let (catalog, entry) = self.custom_entry(&gr, &req.metric).await?;
+        let (rule, q) = Self::plan_custom(&catalog.rules, req, &entry, &metric_selector)?;
         let object_label = q.object_label.clone().unwrap_or_default();
         let namespace = req.namespace.as_deref().filter(|_| entry.info.namespaced);
         let selected = match (&req.name, object_selector.is_empty()) {
@@ -566,8 +614,8 @@ impl<P: PromApi> Provider<P> {
     ) -> Result<Vec<ExternalMetricValue>, ApiError> {
         let selector =
             Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
-        let entry = self.external_entry(&req.metric).await?;
-        let rule = self.external_rule(&entry)?;
+        let (catalog, entry) = self.external_entry(&req.metric).await?;
+        let rule = Self::external_rule(&catalog.rules, &entry)?;
         let q =
             query::external(rule, &entry.series, &req.namespace, &selector).map_err(query_error)?;
         let window = Some(rule.window.as_secs() as i64);

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub empty: IntCounterVec,
     /// Serving certificate reloads by result (`ok`, `error`).
     pub cert_reloads: IntCounterVec,
+    /// Config reloads by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last config reload worked (or none was tried), 0 when the running rules are
+    /// older than the file.
+    pub config_last_reload_ok: Gauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -152,6 +157,21 @@ impl Metrics {
                 "Reloads of the serving certificate files by result; on error the old pair stays.",
                 &["result"],
             ),
+            config_reloads: counter(
+                &registry,
+                "prom_adapter_config_reloads_total",
+                "Config reloads (SIGHUP or a changed file) by result; on error the old rules stay.",
+                &["result"],
+            ),
+            config_last_reload_ok: {
+                let g = gauge(
+                    &registry,
+                    "prom_adapter_config_last_reload_successful",
+                    "1 if the last config reload succeeded (or none was tried), else 0.",
+                );
+                g.set(1.0);
+                g
+            },
             discovered,
             clamped,
             registry,

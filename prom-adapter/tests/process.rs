@@ -216,3 +216,93 @@ fn help_names_prometheus_adapter_flags() {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
 }
+
+/// `GET https://addr{path}` with curl (the adapter's certificate is self-signed here).
+fn curl(addr: &str, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "10"])
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .expect("curl is needed by this test: apt-get install curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "not within 30 s: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const EXTERNAL_A: &str = r#"externalRules:
+- seriesQuery: '{__name__="queue_depth"}'
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>})'
+"#;
+
+#[test]
+fn rules_reload_on_file_change_and_sighup_and_a_bad_file_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    let ready = dir.path().join("ready.json");
+    std::fs::write(&rules, EXTERNAL_A).unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&rules)
+        .args([
+            "--secure-port",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+            "--insecure-dev",
+        ])
+        .args(["--prometheus-url", "http://127.0.0.1:1"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut adapter = Adapter(child);
+    eventually("ready file", || ready.exists());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    let addr = v["secure"].as_str().unwrap().to_owned();
+    let list = |addr: &str| curl(addr, "/apis/external.metrics.k8s.io/v1beta1");
+    // Prometheus is unreachable: the list is what the rules name by themselves.
+    eventually("queue_depth listed", || {
+        list(&addr).contains("\"queue_depth\"")
+    });
+
+    // A changed file is picked up.
+    std::fs::write(&rules, EXTERNAL_A.replace("queue_depth", "jobs_waiting")).unwrap();
+    eventually("jobs_waiting listed after the file changed", || {
+        list(&addr).contains("\"jobs_waiting\"")
+    });
+    assert!(!list(&addr).contains("queue_depth"));
+
+    // A broken file keeps the running rules and says so in the self-metrics.
+    std::fs::write(&rules, "externalRules:\n- seriesQery: x\n").unwrap();
+    eventually("the failed reload is counted", || {
+        curl(&addr, "/metrics").contains("prom_adapter_config_last_reload_successful 0")
+    });
+    assert!(list(&addr).contains("\"jobs_waiting\""));
+
+    // SIGHUP reloads too (after the file is fixed; the poll may also catch the change).
+    std::fs::write(&rules, EXTERNAL_A.replace("queue_depth", "orders_open")).unwrap();
+    let pid = adapter.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually("orders_open listed", || {
+        list(&addr).contains("\"orders_open\"")
+    });
+    assert!(curl(&addr, "/metrics").contains("prom_adapter_config_last_reload_successful 1"));
+    assert!(
+        adapter.0.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the adapter"
+    );
+}
