@@ -137,6 +137,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub client_ca_file: Option<String>,
 
+    /// Kubeconfig of the cluster whose pods, namespaces and mapped objects are watched (a
+    /// cache that resolves labelSelector without a LIST per request). Default: the in-cluster
+    /// config in a pod; elsewhere, no cache: series labels stand in for object labels.
+    #[arg(long, value_name = "FILE")]
+    pub lister_kubeconfig: Option<String>,
+
     /// Kubeconfig of the kube-apiserver that reviews bearer tokens (TokenReview) and holds the
     /// authentication ConfigMap. Default: the in-cluster config.
     #[arg(long, value_name = "FILE")]
@@ -217,7 +223,6 @@ pub const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("prometheus-auth-incluster", false),
     ("prometheus-auth-config", true),
     ("disable-http2", false),
-    ("lister-kubeconfig", true),
     ("kubeconfig", true),
     ("discovery-interval", true),
     ("client-qps", true),
@@ -357,6 +362,7 @@ impl Cli {
                 &mut a.requestheader_client_ca_file,
             ),
             (&self.client_ca_file, &mut a.client_ca_file),
+            (&self.lister_kubeconfig, &mut a.lister_kubeconfig),
             (
                 &self.authentication_kubeconfig,
                 &mut a.authentication_kubeconfig,

@@ -97,6 +97,10 @@ pub struct AdapterConfig {
     pub requestheader_uid_headers: Vec<String>,
     /// CA of client certificates that authenticate users directly (CN = user, O = groups).
     pub client_ca_file: String,
+    /// Kubeconfig of the cluster whose objects (pods, namespaces, and what the rules map to)
+    /// are watched to resolve `labelSelector` and named objects; `""`: the in-cluster config
+    /// in a pod, else no cache (series labels stand in for object labels).
+    pub lister_kubeconfig: String,
     /// Kubeconfig for TokenReview and the authentication ConfigMap; `""`: in-cluster config
     /// when running in a pod.
     pub authentication_kubeconfig: String,
@@ -152,6 +156,7 @@ impl Default for AdapterConfig {
             requestheader_extra_headers_prefix: vec!["X-Remote-Extra-".into()],
             requestheader_uid_headers: Vec::new(),
             client_ca_file: String::new(),
+            lister_kubeconfig: String::new(),
             authentication_kubeconfig: String::new(),
             authorization_kubeconfig: String::new(),
             authentication_skip_lookup: false,

@@ -156,20 +156,86 @@ pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 /// How often the config files are checked for changes.
 const CONFIG_POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// What is set up before the listener is bound, so a config that can't work fails before the
+/// adapter looks ready.
+pub struct Prepared {
+    /// Self-metrics.
+    pub metrics: Arc<Metrics>,
+    /// Authentication and authorization.
+    pub access: server::Access<auth::KubeAuth>,
+    /// Stops the background tasks.
+    pub stop: CancellationToken,
+    /// The prometheus client.
+    pub client: Client,
+    /// The watch cache of objects, when there is a cluster to watch.
+    pub objects: Option<objects::WatchCache>,
+}
+
+/// Builds access control (reading the authentication ConfigMap) and the self-metrics.
+pub async fn prepare(cfg: &Config) -> Result<Prepared, RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+    let client = Client::new(cfg.prometheus.clone())
+        .map_err(|e| RunError::Config(format!("prometheus client: {e}")))?;
+    let access = access(&cfg.adapter, metrics.registry(), &stop).await?;
+    let lister = (!cfg.adapter.lister_kubeconfig.is_empty())
+        .then(|| std::path::PathBuf::from(&cfg.adapter.lister_kubeconfig));
+    let objects = match objects::client(lister.as_deref())
+        .await
+        .map_err(|e| RunError::Config(format!("--lister-kubeconfig: {e}")))?
+    {
+        Some(kube) => {
+            let object_metrics = objects::ObjectsMetrics::new();
+            if let Err(e) = object_metrics.register(metrics.registry()) {
+                tracing::warn!(error = %e, "Cannot register the object cache metrics.");
+            }
+            let mut extra: Vec<rules::resources::GroupResource> = cfg
+                .rules
+                .iter()
+                .flat_map(|r| r.resources.override_resources())
+                .map(|info| info.group_resource.clone())
+                .collect();
+            extra.sort();
+            extra.dedup();
+            let cache = objects::WatchCache::start(kube, &extra, object_metrics, stop.clone())
+                .await
+                .map_err(|e| RunError::Client(format!("object cache: {e}")))?;
+            tracing::info!(watched = ?cache.watched(), "Watching objects to resolve selectors.");
+            Some(cache)
+        }
+        None => {
+            tracing::info!(
+                "No cluster to watch (no --lister-kubeconfig, not in a pod): series labels stand in for object labels."
+            );
+            None
+        }
+    };
+    Ok(Prepared {
+        metrics,
+        access,
+        stop,
+        client,
+        objects,
+    })
+}
+
 /// Serves until `shutdown` resolves, relisting in the background; with a `reloader`, the rules
 /// are reloaded on SIGHUP and when a config file changes.
 pub async fn run(
     cfg: Config,
+    prepared: Prepared,
     listener: TcpListener,
     certs: Arc<common::tls::CertStore>,
     reloader: Option<Reloader>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let client =
-        Client::new(cfg.prometheus.clone()).map_err(|e| RunError::Client(e.to_string()))?;
-    let metrics = Arc::new(Metrics::new());
-    let stop = CancellationToken::new();
-    let access = access(&cfg.adapter, metrics.registry(), &stop).await?;
+    let Prepared {
+        metrics,
+        access,
+        stop,
+        client,
+        objects,
+    } = prepared;
     let client_certs = match access {
         server::Access::Open => {
             tracing::warn!(
@@ -205,16 +271,24 @@ pub async fn run(
             },
         );
     }
-    let provider = Arc::new(Provider::new(
+    let mut provider = Provider::new(
         client,
         Arc::new(cfg.rules.clone()),
         Arc::clone(&metrics),
         cfg.max_age,
-    ));
+    );
+    let mut ready_check: Option<server::ReadyCheck> = None;
+    if let Some(cache) = objects {
+        let synced = cache.clone();
+        ready_check = Some(Arc::new(move || synced.synced()));
+        provider = provider.with_objects(Arc::new(cache));
+    }
+    let provider = Arc::new(provider);
     let state = Arc::new(State {
         provider: Arc::clone(&provider),
         metrics,
         ready: AtomicBool::new(true),
+        ready_check,
         access,
     });
     let relist = tokio::spawn(relist_loop(

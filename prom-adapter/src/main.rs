@@ -130,6 +130,7 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        let prepared = prom_adapter::prepare(&cfg).await?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| RunError::Bind(format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -148,6 +149,7 @@ fn main() -> ExitCode {
             Arc::new(move || load(&reload_cli, reload_cli.config.as_deref()));
         prom_adapter::run(
             cfg,
+            prepared,
             listener,
             Arc::clone(&certs),
             Some(reloader),

@@ -13,6 +13,7 @@ use crate::api::ApiError;
 use crate::api::route::{CustomRequest, ExternalRequest, ObjectName};
 use crate::api::types::{ApiResource, ExternalMetricValue, MetricValue, ObjectReference, rfc3339};
 use crate::discovery::{CustomEntry, ExternalEntry, Registry, RuleFindings};
+use crate::objects::{ObjectResolver, ObjectsError};
 use crate::prom::{Labels, PromApi, PromError, QueryResult, Sample};
 use crate::quantity::{self, ValueError};
 use crate::rules::query::{self, Objects, QueryError, RenderedQuery, quote};
@@ -21,8 +22,12 @@ use crate::rules::{EmptyPolicy, NonFinitePolicy, Rule, RuleSet};
 use crate::selector::Selector;
 use crate::telemetry::Metrics;
 
-/// On-demand relists (for a metric not listed yet) run at most this often.
-const ON_DEMAND_GAP: Duration = Duration::from_secs(1);
+/// On-demand relists (for a metric not listed yet) run at most this often, so requests for
+/// a metric that doesn't exist can't turn into a relist each.
+const ON_DEMAND_GAP: Duration = Duration::from_secs(5);
+/// How long a request waits for a relist already running, and for its own on-demand one:
+/// the aggregator gives up on slow answers, and a 404 now beats a timeout later.
+const ON_DEMAND_BUDGET: Duration = Duration::from_secs(3);
 
 /// How a relist went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +49,8 @@ pub struct Provider<P> {
     metrics: Arc<Metrics>,
     max_age: Duration,
     last_relist: tokio::sync::Mutex<Option<Instant>>,
+    objects: Option<Arc<dyn ObjectResolver>>,
+    on_demand_gap: Duration,
     inflight: std::sync::Mutex<HashMap<String, InflightQuery>>,
 }
 
@@ -94,10 +101,18 @@ impl<P: PromApi> Provider<P> {
             metrics,
             max_age,
             last_relist: tokio::sync::Mutex::new(None),
+            objects: None,
+            on_demand_gap: ON_DEMAND_GAP,
             inflight: std::sync::Mutex::new(HashMap::new()),
         };
         provider.publish_counts();
         provider
+    }
+
+    /// Resolves objects through `objects` (the watch cache) instead of series labels.
+    pub fn with_objects(mut self, objects: Arc<dyn ObjectResolver>) -> Self {
+        self.objects = Some(objects);
+        self
     }
 
     /// The rules and registry served now.
@@ -245,11 +260,20 @@ impl<P: PromApi> Provider<P> {
     /// request waited for the lock (concurrent misses share it).
     async fn relist_on_demand(&self) {
         let asked = Instant::now();
-        let mut last = self.last_relist.lock().await;
-        if last.is_some_and(|t| t >= asked || asked.duration_since(t) < ON_DEMAND_GAP) {
+        let Ok(mut last) = tokio::time::timeout(ON_DEMAND_BUDGET, self.last_relist.lock()).await
+        else {
+            return;
+        };
+        if last.is_some_and(|t| t >= asked || asked.duration_since(t) < self.on_demand_gap) {
             return;
         }
-        self.relist_locked().await;
+        let remaining = ON_DEMAND_BUDGET.saturating_sub(asked.elapsed());
+        if tokio::time::timeout(remaining, self.relist_locked())
+            .await
+            .is_err()
+        {
+            tracing::debug!("On-demand discovery ran out of time; answering with what is listed.");
+        }
         *last = Some(Instant::now());
     }
 
@@ -372,6 +396,8 @@ impl<P: PromApi> Provider<P> {
     /// Runs `promql`, sharing one backend call among identical concurrent requests: every
     /// HPA of a workload, and every replica's sync, asks the same thing at the same time.
     async fn run_query(&self, promql: &str) -> Result<QueryResult, ApiError> {
+        // Counted once per request that waited, even if its leader is cancelled.
+        let mut joined_before = false;
         loop {
             let joined = {
                 let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
@@ -388,7 +414,10 @@ impl<P: PromApi> Provider<P> {
                 Ok(rx) => rx,
                 Err(tx) => return self.lead_query(promql, tx).await,
             };
-            self.metrics.coalesced.inc();
+            if !joined_before {
+                self.metrics.coalesced.inc();
+                joined_before = true;
+            }
             // A leader whose request was dropped closes the channel without an answer: then
             // this request runs the query itself.
             if let Ok(answer) = rx.wait_for(Option::is_some).await
@@ -460,6 +489,41 @@ impl<P: PromApi> Provider<P> {
             .collect())
     }
 
+    /// The objects a request is about, from the watch cache: for `*`, the names matching the
+    /// selector (the HPA averages every item it gets, so nothing outside the selector may be
+    /// returned); for a named object, that name, or 404 when it doesn't exist. `None` when
+    /// there is no cache or it doesn't watch the resource (then series labels stand in).
+    fn objects_from_cache(
+        &self,
+        gr: &GroupResource,
+        namespace: Option<&str>,
+        name: &ObjectName,
+        selector: &Selector,
+    ) -> Result<Option<BTreeSet<String>>, ApiError> {
+        let Some(objects) = &self.objects else {
+            return Ok(None);
+        };
+        let answer = match name {
+            ObjectName::All => objects.select(gr, namespace, selector),
+            ObjectName::Named(n) => objects.exists(gr, namespace, n).map(|exists| {
+                if exists {
+                    BTreeSet::from([n.clone()])
+                } else {
+                    BTreeSet::new()
+                }
+            }),
+        };
+        match answer {
+            Ok(names) if names.is_empty() => match name {
+                ObjectName::Named(n) => Err(ApiError::NotFound(format!("{gr} \"{n}\" not found"))),
+                ObjectName::All => Ok(Some(names)),
+            },
+            Ok(names) => Ok(Some(names)),
+            Err(ObjectsError::NotWatched { .. }) => Ok(None),
+            Err(e @ ObjectsError::NotSynced { .. }) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+
     /// A sample's value as a Quantity under the rule's policies; `None` means skip it.
     fn quantity_of(
         &self,
@@ -508,8 +572,15 @@ impl<P: PromApi> Provider<P> {
         let (rule, q) = Self::plan_custom(&catalog.rules, req, &entry, &metric_selector)?;
         let object_label = q.object_label.clone().unwrap_or_default();
         let namespace = req.namespace.as_deref().filter(|_| entry.info.namespaced);
-        let selected = match (&req.name, object_selector.is_empty()) {
-            (ObjectName::All, false) => {
+        let cached = self.objects_from_cache(
+            &entry.info.group_resource,
+            namespace,
+            &req.name,
+            &object_selector,
+        )?;
+        let selected = match (&req.name, cached, object_selector.is_empty()) {
+            (_, Some(names), _) => Some(names),
+            (ObjectName::All, None, false) => {
                 let ns_label = rule.resources.namespace_label();
                 let ns = ns_label.as_deref().zip(namespace);
                 Some(
@@ -876,7 +947,10 @@ externalRules:
         let (p, prom, _) = setup();
         prom.set_all_series(vec![]);
         p.relist().await;
-        tokio::time::sleep(ON_DEMAND_GAP).await;
+        let p = Provider {
+            on_demand_gap: Duration::ZERO,
+            ..p
+        };
         prom.set_all_series(vec![labels(&[
             ("__name__", "http_requests_total"),
             ("namespace", "default"),
@@ -1072,6 +1146,112 @@ externalRules:
         let _ = leader.await;
         gate.add_permits(100);
         assert_eq!(follower.await.unwrap().unwrap().len(), 3);
+    }
+
+    fn with_pods(objects: &crate::objects::FakeObjects) -> (Provider<FakeProm>, FakeProm) {
+        let (_, prom, _) = setup();
+        let rules = from_yaml(RULES, Path::new("t.yaml")).unwrap().0;
+        let p = Provider::new(
+            prom.clone(),
+            Arc::new(rules),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(60),
+        )
+        .with_objects(Arc::new(objects.clone()));
+        let pods = GroupResource::parse("pods");
+        objects.set(
+            &pods,
+            [
+                crate::objects::ObjectRef::new("web-0", Some("default"), [("app", "web")]),
+                crate::objects::ObjectRef::new(
+                    "web-1",
+                    Some("default"),
+                    [("app", "web"), ("canary", "true")],
+                ),
+                crate::objects::ObjectRef::new("db-0", Some("default"), [("app", "db")]),
+            ],
+        );
+        objects.set_synced(&pods, true);
+        (p, prom)
+    }
+
+    #[tokio::test]
+    async fn cache_selects_pods_and_never_returns_one_outside_the_selector() {
+        let objects = crate::objects::FakeObjects::new();
+        let (p, prom) = with_pods(&objects);
+        p.relist().await;
+        prom.set_vector(
+            PODS_Q,
+            vec![
+                sample(&[("pod", "web-0")], 1.0, "1"),
+                sample(&[("pod", "web-1")], 1.0, "2"),
+                sample(&[("pod", "db-0")], 1.0, "3"),
+                // A series of a pod that no longer exists.
+                sample(&[("pod", "gone-0")], 1.0, "4"),
+            ],
+        );
+        let names = |items: Vec<MetricValue>| -> Vec<String> {
+            items.into_iter().map(|i| i.described_object.name).collect()
+        };
+        let all = p.custom(&pods_req(ObjectName::All, "")).await.unwrap();
+        assert_eq!(names(all), vec!["web-0", "web-1", "db-0"]);
+        let web = p
+            .custom(&pods_req(ObjectName::All, "app=web,!canary"))
+            .await
+            .unwrap();
+        assert_eq!(names(web), vec!["web-0"]);
+        let set = p
+            .custom(&pods_req(
+                ObjectName::All,
+                "app in (web,db),canary notin (true)",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(names(set), vec!["web-0", "db-0"]);
+        // The backend is asked by namespace only, whatever the selector.
+        assert!(
+            prom.queries().iter().all(|q| q == PODS_Q),
+            "{:?}",
+            prom.queries()
+        );
+        // No object matches: 404, as prometheus-adapter answers.
+        let e = p
+            .custom(&pods_req(ObjectName::All, "app=none"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 404);
+    }
+
+    #[tokio::test]
+    async fn cache_answers_404_for_a_missing_pod_and_503_before_sync() {
+        let objects = crate::objects::FakeObjects::new();
+        let (p, prom) = with_pods(&objects);
+        p.relist().await;
+        let e = p
+            .custom(&pods_req(ObjectName::Named("gone-0".into()), ""))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            (404, "pods \"gone-0\" not found")
+        );
+        assert!(
+            prom.queries().is_empty(),
+            "no query for an object that doesn't exist"
+        );
+        objects.set_synced(&GroupResource::parse("pods"), false);
+        let e = p.custom(&pods_req(ObjectName::All, "")).await.unwrap_err();
+        assert_eq!(e.code(), 503, "{e}");
+        // A resource the cache doesn't watch falls back to the series' labels.
+        objects.unwatch(&GroupResource::parse("pods"));
+        three_pods(&prom);
+        assert_eq!(
+            p.custom(&pods_req(ObjectName::All, ""))
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     fn ext_req(selector: &str) -> ExternalRequest {

@@ -23,6 +23,9 @@ use crate::prom::PromApi;
 use crate::provider::Provider;
 use crate::telemetry::Metrics;
 
+/// A readiness condition checked on every `/readyz`.
+pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Who may ask what.
 pub enum Access<K> {
     /// `--insecure-dev`: everyone, everything.
@@ -46,6 +49,8 @@ pub struct State<P, K = KubeAuth> {
     pub metrics: Arc<Metrics>,
     /// Serving: config loaded, certificate in place, listener bound.
     pub ready: AtomicBool,
+    /// A further readiness condition: the object cache's first sync.
+    pub ready_check: Option<ReadyCheck>,
     /// Authentication and authorization.
     pub access: Access<K>,
 }
@@ -121,7 +126,8 @@ pub async fn respond<P: PromApi, K>(
     match path {
         "/healthz" | "/livez" => return text(StatusCode::OK, "ok", group),
         "/readyz" => {
-            return if state.ready.load(Ordering::Relaxed) {
+            let checked = state.ready_check.as_ref().is_none_or(|check| check());
+            return if state.ready.load(Ordering::Relaxed) && checked {
                 text(StatusCode::OK, "ok", group)
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready", group)

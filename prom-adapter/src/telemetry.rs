@@ -93,7 +93,7 @@ impl Metrics {
         let _ = registry.register(Box::new(clamped.clone()));
         let coalesced = IntCounter::new(
             "prom_adapter_prometheus_queries_coalesced_total",
-            "Requests answered by an identical query already in flight instead of a new one.",
+            "Requests that waited for an identical query already in flight instead of sending their own.",
         )
         .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
         let _ = registry.register(Box::new(coalesced.clone()));

@@ -328,7 +328,8 @@ impl<K: KubeAuthApi> Authenticator<K> {
     /// Calls [`Authenticator::reload_from_cluster`] every `every` until `stop`, logging what
     /// happens. Start it after a first successful reload.
     pub async fn reload_loop(&self, pinned: AuthnConfig, every: Duration, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(every);
+        // The caller has read it once at start; the first re-read is one period later.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

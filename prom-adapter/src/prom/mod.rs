@@ -81,7 +81,7 @@ pub enum PromError {
         reason: String,
     },
     /// No answer within the timeout.
-    #[error("prometheus did not answer within {after:?}")]
+    #[error("prometheus timed out: did not answer within {after:?}")]
     Timeout {
         /// How long the client waited.
         after: Duration,
@@ -240,7 +240,7 @@ mod tests {
                 after: Duration::from_millis(300)
             }
             .to_string(),
-            "prometheus did not answer within 300ms"
+            "prometheus timed out: did not answer within 300ms"
         );
     }
 }

@@ -301,6 +301,11 @@ impl ResourceMapper {
         render(&t.template, &template_group(&info), &info.singular).ok()
     }
 
+    /// The resources `overrides` maps to.
+    pub fn override_resources(&self) -> impl Iterator<Item = &ResourceInfo> {
+        self.overrides.values()
+    }
+
     /// The labels `overrides` names.
     pub fn override_labels(&self) -> impl Iterator<Item = &str> {
         self.overrides.keys().map(String::as_str)
