@@ -1,5 +1,7 @@
-//! Clients of an HTTPS API server (the adapter): `kubectl` with a throwaway kubeconfig, raw
-//! requests through `openssl s_client`, and a runner for one-shot programs.
+//! Clients of an HTTPS API server (the adapter): `kubectl` with a throwaway kubeconfig (a
+//! bearer token or a client certificate; the server's certificate verified against a CA or
+//! not), raw requests through `openssl s_client` and `curl`, and a runner for one-shot
+//! programs.
 //!
 //! `kubectl get --raw` is what a user runs against an aggregated API, so the tests read every
 //! answer through it. It can't show a status code or a response header, nor send a chosen
@@ -153,14 +155,64 @@ pub fn run_command(
     })
 }
 
+/// How a kubeconfig's cluster entry trusts the server.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerTrust<'a> {
+    /// `insecure-skip-tls-verify: true`.
+    SkipVerify,
+    /// `certificate-authority: <file>`.
+    Ca(&'a Path),
+    /// Nothing: the server is plain `http://`.
+    PlainHttp,
+}
+
+/// Who a kubeconfig's user is.
+#[derive(Debug, Clone)]
+pub enum KubeconfigUser {
+    /// `token: <token>`.
+    Token(String),
+    /// `client-certificate: <cert>` and `client-key: <key>`.
+    ClientCert {
+        /// The certificate (PEM).
+        cert: PathBuf,
+        /// Its key (PEM).
+        key: PathBuf,
+    },
+}
+
+/// A kubeconfig with one cluster at `server` trusted as `trust` and one `user`, selected as
+/// the current context. Values are written as JSON strings (valid YAML), so any path fits.
+pub fn kubeconfig(server: &str, trust: ServerTrust<'_>, user: &KubeconfigUser) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let cluster = match trust {
+        ServerTrust::SkipVerify => "    insecure-skip-tls-verify: true\n".to_owned(),
+        ServerTrust::Ca(ca) => format!("    certificate-authority: {}\n", q(&ca.to_string_lossy())),
+        ServerTrust::PlainHttp => String::new(),
+    };
+    let user = match user {
+        KubeconfigUser::Token(token) => format!("    token: {}\n", q(token)),
+        KubeconfigUser::ClientCert { cert, key } => format!(
+            "    client-certificate: {}\n    client-key: {}\n",
+            q(&cert.to_string_lossy()),
+            q(&key.to_string_lossy())
+        ),
+    };
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: under-test\n  cluster:\n    server: \
+         {}\n{cluster}users:\n- name: tester\n  user:\n{user}contexts:\n- name: under-test\n  \
+         context:\n    cluster: under-test\n    user: tester\ncurrent-context: under-test\n\
+         preferences: {{}}\n",
+        q(server)
+    )
+}
+
 /// A kubeconfig with one cluster at `server` (TLS not verified) and one user with a bearer
 /// `token`, selected as the current context.
 pub fn kubeconfig_yaml(server: &str, token: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: under-test\n  cluster:\n    server: \
-         {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: tester\n  user:\n    \
-         token: {token}\ncontexts:\n- name: under-test\n  context:\n    cluster: under-test\n    \
-         user: tester\ncurrent-context: under-test\npreferences: {{}}\n"
+    kubeconfig(
+        server,
+        ServerTrust::SkipVerify,
+        &KubeconfigUser::Token(token.to_owned()),
     )
 }
 
@@ -183,6 +235,19 @@ impl Kubectl {
     /// # Panics
     /// When `kubectl` is not installed, or the kubeconfig can't be written.
     pub fn new(addr: SocketAddr) -> Kubectl {
+        Self::with_user(
+            addr,
+            ServerTrust::SkipVerify,
+            &KubeconfigUser::Token("dummy".to_owned()),
+        )
+    }
+
+    /// A kubectl for `https://<addr>` trusting the server as `trust`, authenticating as
+    /// `user` (a bearer token or a client certificate).
+    ///
+    /// # Panics
+    /// When `kubectl` is not installed, or the kubeconfig can't be written.
+    pub fn with_user(addr: SocketAddr, trust: ServerTrust<'_>, user: &KubeconfigUser) -> Kubectl {
         let program = require_program("kubectl", KUBECTL_HINT);
         let dir = tempfile::Builder::new()
             .prefix("kubectl-")
@@ -190,7 +255,7 @@ impl Kubectl {
             .expect("creating a temp dir for kubectl");
         let server = format!("https://{addr}");
         let kubeconfig = dir.path().join("kubeconfig.yaml");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, "dummy"))
+        std::fs::write(&kubeconfig, self::kubeconfig(&server, trust, user))
             .expect("writing the kubeconfig");
         Kubectl {
             program,
@@ -317,6 +382,76 @@ pub fn tls_request(
         .with_context(|| format!("{method} https://{addr}{path_and_query}: {run}"))
 }
 
+/// The install hint for `curl`.
+pub const CURL_HINT: &str = "apt-get install curl";
+
+/// What [`curl`] presents and adds to a request.
+#[derive(Debug, Clone, Default)]
+pub struct CurlOptions<'a> {
+    /// The CA that must have signed the server's certificate (`--cacert`); `None` skips the
+    /// check (`--insecure`).
+    pub cacert: Option<&'a Path>,
+    /// A client certificate and its key (`--cert`, `--key`).
+    pub client_cert: Option<(&'a Path, &'a Path)>,
+    /// A bearer token (`Authorization: Bearer …`).
+    pub bearer: Option<&'a str>,
+    /// More request headers, in order (a name may repeat).
+    pub headers: Vec<(&'a str, &'a str)>,
+}
+
+/// `GET url` with `curl` over HTTP/1.1 (`--globoff`, so a `*` in the path goes out as is);
+/// returns the status, the `Content-Type` (as the only header) and the body.
+///
+/// # Errors
+/// When curl fails (it can't connect, the TLS handshake or the server's certificate is
+/// refused, it hangs past [`RUN_LIMIT`]); the error shows what it printed.
+///
+/// # Panics
+/// When `curl` is not installed.
+pub fn curl(url: &str, options: &CurlOptions<'_>) -> Result<HttpResponse> {
+    let program = require_program("curl", CURL_HINT);
+    let mut cmd = Command::new(program);
+    cmd.args(["--silent", "--show-error", "--globoff", "--http1.1"])
+        .args(["--max-time", "30"])
+        .args(["--write-out", "\n%{http_code} %{content_type}"]);
+    match options.cacert {
+        Some(ca) => cmd.arg("--cacert").arg(ca),
+        None => cmd.arg("--insecure"),
+    };
+    if let Some((cert, key)) = options.client_cert {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    if let Some(token) = options.bearer {
+        cmd.arg("--header")
+            .arg(format!("Authorization: Bearer {token}"));
+    }
+    for (name, value) in &options.headers {
+        cmd.arg("--header").arg(format!("{name}: {value}"));
+    }
+    cmd.arg(url);
+    let run = run_command("curl", cmd, None, scaled(RUN_LIMIT))?;
+    let stdout = run.ok_stdout()?;
+    let Some((body, trailer)) = stdout.rsplit_once('\n') else {
+        bail!("curl printed no status line: {run}");
+    };
+    let (code, content_type) = trailer.split_once(' ').unwrap_or((trailer, ""));
+    let status: u16 = code
+        .parse()
+        .with_context(|| format!("curl printed no status code: {run}"))?;
+    if status == 0 {
+        bail!("curl got no HTTP answer: {run}");
+    }
+    let mut headers = Vec::new();
+    if !content_type.is_empty() {
+        headers.push(("content-type".to_owned(), content_type.to_owned()));
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.as_bytes().to_vec(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,15 +460,42 @@ mod tests {
     fn kubeconfig_names_server_token_and_skips_verification() {
         let yaml = kubeconfig_yaml("https://127.0.0.1:1234", "dummy");
         assert!(
-            yaml.contains("    server: https://127.0.0.1:1234\n"),
+            yaml.contains("    server: \"https://127.0.0.1:1234\"\n"),
             "{yaml}"
         );
         assert!(
             yaml.contains("    insecure-skip-tls-verify: true\n"),
             "{yaml}"
         );
-        assert!(yaml.contains("    token: dummy\n"), "{yaml}");
+        assert!(yaml.contains("    token: \"dummy\"\n"), "{yaml}");
         assert!(yaml.contains("current-context: under-test\n"), "{yaml}");
+    }
+
+    #[test]
+    fn kubeconfig_with_a_client_certificate_and_a_ca() {
+        let user = KubeconfigUser::ClientCert {
+            cert: PathBuf::from("/tmp/a b/alice.crt"),
+            key: PathBuf::from("/tmp/a b/alice.key"),
+        };
+        let yaml = kubeconfig(
+            "https://127.0.0.1:1234",
+            ServerTrust::Ca(Path::new("/tmp/ca.crt")),
+            &user,
+        );
+        for line in [
+            "    certificate-authority: \"/tmp/ca.crt\"\n",
+            "    client-certificate: \"/tmp/a b/alice.crt\"\n",
+            "    client-key: \"/tmp/a b/alice.key\"\n",
+        ] {
+            assert!(yaml.contains(line), "{line:?} missing from:\n{yaml}");
+        }
+        assert!(!yaml.contains("insecure-skip-tls-verify"), "{yaml}");
+        let plain = kubeconfig(
+            "http://127.0.0.1:1",
+            ServerTrust::PlainHttp,
+            &KubeconfigUser::Token("t".to_owned()),
+        );
+        assert!(!plain.contains("insecure") && !plain.contains("certificate-authority"));
     }
 
     #[test]

@@ -23,21 +23,31 @@
 //! - [`promadapter`]: [`promadapter::Adapter`], the `prom-adapter` binary under test, its
 //!   subcommands, `Quantity` and timestamp readers, and [`promadapter::Leash`] for fixtures
 //!   kept in statics.
-//! - [`kubectl`]: [`kubectl::Kubectl`] with a throwaway kubeconfig, raw HTTPS requests through
-//!   `openssl s_client`, and a runner for one-shot programs.
+//! - [`kubectl`]: [`kubectl::Kubectl`] with a throwaway kubeconfig (a token or a client
+//!   certificate), raw HTTPS requests through `openssl s_client` and `curl`, and a runner for
+//!   one-shot programs.
+//! - [`kubeapi`]: [`kubeapi::FakeKubeApi`], a fake kube-apiserver answering TokenReviews,
+//!   SubjectAccessReviews and the `extension-apiserver-authentication` ConfigMap, recording
+//!   every request.
+//! - [`pki`]: [`pki::Pki`], the CAs and certificates of the auth tests (made with `rcgen`).
+//! - [`victoria`]: [`victoria::VictoriaMetrics`], a real VictoriaMetrics scraping the exporter,
+//!   its Prometheus-compatible query API, stopped and restarted on the same port and data.
 
 pub mod check;
 pub mod dogstatsd;
 pub mod exporter;
 pub mod exposition;
 pub mod http;
+pub mod kubeapi;
 pub mod kubectl;
+pub mod pki;
 pub mod process;
 pub mod prom;
 pub mod promadapter;
 pub mod statsd;
 pub mod util;
 pub mod vectors;
+pub mod victoria;
 
 pub use dogstatsd::DogStatsd;
 pub use exporter::Exporter;

@@ -3,6 +3,12 @@
 //!
 //! The adapter serves HTTPS only; [`Adapter::kubectl`] reads it the way a user does and
 //! [`Adapter::request`] sends exact requests (see [`crate::kubectl`]).
+//!
+//! The binary is secure by default: without authentication and authorization flags it
+//! refuses to start. [`Adapter::start`] therefore passes `--insecure-dev` (the API tests are
+//! about the API, not about who may call it); [`Adapter::start_with`] with
+//! [`Security::Secured`] runs it with the flags the test gives and a kubectl that
+//! authenticates (see `tests/adapter_auth.rs`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -16,7 +22,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::http::HttpResponse;
-use crate::kubectl::{self, Finished, Kubectl, run_command};
+use crate::kubectl::{self, Finished, KubeconfigUser, Kubectl, ServerTrust, run_command};
 use crate::process::ChildGuard;
 use crate::util::{PATIENCE, bin, eventually, scaled};
 
@@ -66,35 +72,59 @@ impl Adapter {
         .collect()
     }
 
-    /// Runs `prom-adapter` with [`Adapter::base_args`] and `extra_args` (which must not repeat
-    /// those flags) and waits until the ready file appears.
+    /// Runs `prom-adapter` with [`Adapter::base_args`], `--insecure-dev` and `extra_args`
+    /// (which must not repeat those flags), and waits until the ready file appears. Its
+    /// kubectl sends the bearer token `dummy` and does not verify the serving certificate.
+    ///
+    /// This is how the API tests run it: without authentication or authorization (see
+    /// [`Adapter::start_with`] for a secured one).
     ///
     /// # Panics
     /// When the binary is missing, the adapter exits before it is ready, or it is not ready in
     /// time; the message carries the tail of its log.
     pub fn start(config: &Path, prometheus_url: &str, extra_args: &[&str]) -> Adapter {
+        Self::start_with(config, prometheus_url, extra_args, &Security::InsecureDev)
+    }
+
+    /// Runs `prom-adapter` with [`Adapter::base_args`], the flags `security` implies and
+    /// `extra_args`, and waits until the ready file appears; its kubectl authenticates as
+    /// `security` says.
+    ///
+    /// # Panics
+    /// As [`Adapter::start`].
+    pub fn start_with(
+        config: &Path,
+        prometheus_url: &str,
+        extra_args: &[&str],
+        security: &Security,
+    ) -> Adapter {
         let dir = tempfile::Builder::new()
             .prefix("prom-adapter-")
             .tempdir()
             .expect("creating a temp dir for the adapter");
         let ready_path = dir.path().join("ready.json");
         let mut args = Self::base_args(config, prometheus_url, dir.path());
+        if matches!(security, Security::InsecureDev) {
+            args.push("--insecure-dev".to_owned());
+        }
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        let mut cmd = Command::new(bin("prom-adapter"));
-        cmd.args(&args)
-            .env("RUST_BACKTRACE", "1")
-            .env_remove("KUBECONFIG")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT")
-            .current_dir(dir.path());
-        let child = ChildGuard::spawn("prom-adapter", cmd).expect("starting prom-adapter");
+        let child = ChildGuard::spawn("prom-adapter", command(&args, dir.path()))
+            .expect("starting prom-adapter");
         let ready = eventually("prom-adapter to write its ready file", PATIENCE, || {
             if let Err(e) = child.ensure_running() {
                 panic!("{e:#}\nargs were: {args:?}");
             }
             read_ready(&ready_path)
         });
-        let kubectl = Kubectl::new(ready.secure);
+        let kubectl = match security {
+            Security::InsecureDev => Kubectl::new(ready.secure),
+            Security::Secured { ca, user } => {
+                let trust = ca
+                    .as_deref()
+                    .map_or(ServerTrust::SkipVerify, ServerTrust::Ca);
+                Kubectl::with_user(ready.secure, trust, user)
+            }
+        };
         Adapter {
             child,
             ready,
@@ -102,6 +132,28 @@ impl Adapter {
             args,
             dir,
         }
+    }
+
+    /// Runs `prom-adapter` with [`Adapter::base_args`] and `extra_args` only (no
+    /// `--insecure-dev`) for a start that is expected to fail, and returns how it exited.
+    ///
+    /// # Panics
+    /// When it can't be started, or is still running after 20 s (scaled): it started
+    /// serving instead of refusing. It is killed then.
+    pub fn run_to_exit(config: &Path, prometheus_url: &str, extra_args: &[&str]) -> Finished {
+        let dir = tempfile::Builder::new()
+            .prefix("prom-adapter-")
+            .tempdir()
+            .expect("creating a temp dir for the adapter");
+        let mut args = Self::base_args(config, prometheus_url, dir.path());
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        run_command(
+            "prom-adapter",
+            command(&args, dir.path()),
+            None,
+            scaled(Duration::from_secs(20)),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The address of the HTTPS server.
@@ -171,6 +223,36 @@ impl Adapter {
             panic!("{e:#}");
         }
     }
+}
+
+/// How a test adapter is secured, and how its [`Kubectl`] authenticates.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// `--insecure-dev`: every request is served without authentication or authorization.
+    /// The kubectl sends the token `dummy` and does not verify the serving certificate.
+    InsecureDev,
+    /// Secure (the default of the binary): the authentication and authorization flags come
+    /// in the extra arguments. The kubectl trusts `ca` (skips the check when `None`) and
+    /// authenticates as `user`.
+    Secured {
+        /// The CA of the serving certificate.
+        ca: Option<PathBuf>,
+        /// Who kubectl is.
+        user: KubeconfigUser,
+    },
+}
+
+/// `prom-adapter <args>` in `cwd`, with no kubeconfig or in-cluster configuration from the
+/// environment.
+fn command(args: &[String], cwd: &Path) -> Command {
+    let mut cmd = Command::new(bin("prom-adapter"));
+    cmd.args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .current_dir(cwd);
+    cmd
 }
 
 fn read_ready(path: &Path) -> Result<Ready> {

@@ -3,6 +3,8 @@
 //! Run them with `scripts/test.sh`, which installs the peers and builds the binaries first.
 
 mod adapter;
+mod adapter_auth;
+mod adapter_vm;
 mod bridge;
 mod listeners;
 mod mapping;
