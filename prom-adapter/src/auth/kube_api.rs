@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::kube_client::{self, ClientError, flatten};
 use k8s_openapi::api::authentication::v1 as authn;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::authorization::v1::{
@@ -69,6 +70,16 @@ pub enum KubeError {
     },
 }
 
+impl From<ClientError> for KubeError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Kubeconfig { path, reason } => KubeError::Kubeconfig { path, reason },
+            ClientError::InCluster { reason } => KubeError::InCluster { reason },
+            ClientError::Client { reason } => KubeError::Transport { reason },
+        }
+    }
+}
+
 impl KubeError {
     fn from_kube(e: kube::Error) -> Self {
         match e {
@@ -82,22 +93,6 @@ impl KubeError {
             },
         }
     }
-}
-
-/// An error and its sources as one line, without repeating a source its parent already
-/// printed.
-fn flatten(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// What authentication and authorization ask kube-apiserver. Implemented by [`KubeAuth`] and
@@ -237,14 +232,11 @@ impl KubeAuth {
             Some(path) => Some(from_kubeconfig(path).await?),
             None => None,
         };
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+        let in_cluster = kube_client::in_cluster();
         let (authn, authz) = match (authn, authz) {
             (Some(authn), Some(authz)) => (authn, authz),
             (authn, authz) if in_cluster => {
-                let config = kube::Config::incluster().map_err(|e| KubeError::InCluster {
-                    reason: flatten(&e),
-                })?;
-                let client = client(config)?;
+                let client = client(kube_client::incluster()?)?;
                 (
                     authn.unwrap_or_else(|| client.clone()),
                     authz.unwrap_or(client),
@@ -269,29 +261,16 @@ impl KubeAuth {
 }
 
 async fn from_kubeconfig(path: &Path) -> Result<kube::Client, KubeError> {
-    let error = |reason: String| KubeError::Kubeconfig {
-        path: path.to_owned(),
-        reason,
-    };
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| error(flatten(&e)))?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .map_err(|e| error(flatten(&e)))?;
-    client(config).map_err(|e| error(e.to_string()))
+    client(kube_client::from_kubeconfig(path).await?)
 }
 
-fn client(mut config: kube::Config) -> Result<kube::Client, KubeError> {
-    config.connect_timeout = Some(REQUEST_TIMEOUT);
-    config.read_timeout = Some(REQUEST_TIMEOUT);
-    config.write_timeout = Some(REQUEST_TIMEOUT);
-    // Count the read timeout from the request, not from when a pooled connection went idle.
-    config.reset_reader_on_write = true;
-    kube::Client::try_from(config).map_err(|e| KubeError::Transport {
-        reason: flatten(&e),
-    })
+fn client(config: kube::Config) -> Result<kube::Client, KubeError> {
+    Ok(kube_client::build(
+        config,
+        REQUEST_TIMEOUT,
+        REQUEST_TIMEOUT,
+        Some(REQUEST_TIMEOUT),
+    )?)
 }
 
 /// Runs `call` for at most [`REQUEST_TIMEOUT`].

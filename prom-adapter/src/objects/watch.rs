@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::ObjectMap;
 use super::{ObjectRef, ObjectResolver, ObjectsError, ObjectsMetrics, normalise};
+use crate::kube_client::{self, ClientError, flatten};
 use crate::rules::resources::GroupResource;
 use crate::selector::Selector;
 
@@ -77,58 +78,36 @@ pub enum StartError {
     },
 }
 
-/// An error and its sources as one line, without repeating a source its parent already
-/// printed.
-fn flatten(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// A client for the cluster whose objects are watched (prometheus-adapter's
 /// `--lister-kubeconfig`): from `kubeconfig` when given; else the in-cluster configuration
 /// when running in a pod (`KUBERNETES_SERVICE_HOST` is set); else `Ok(None)`.
 ///
 /// Connecting may take 5 s; a connection may stay silent for 300 s (a watch lasts 290 s).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Option<kube::Client>, StartError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let error = |reason: String| StartError::Kubeconfig {
-                path: path.to_owned(),
-                reason,
-            };
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| error(flatten(&e)))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| error(flatten(&e)))?
-        }
-        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()) => {
-            kube::Config::incluster().map_err(|e| StartError::InCluster {
-                reason: flatten(&e),
-            })?
-        }
-        None => return Ok(None),
-    };
-    client_from(config).map(Some)
+    match kube_client::config(kubeconfig).await? {
+        Some(config) => client_from(config).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// A client from a ready-made configuration, with the timeouts [`client`] sets.
-pub fn client_from(mut config: kube::Config) -> Result<kube::Client, StartError> {
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    config.read_timeout = Some(READ_TIMEOUT);
-    // Count the read timeout from the request, not from when a pooled connection went idle.
-    config.reset_reader_on_write = true;
-    kube::Client::try_from(config).map_err(|e| StartError::Client {
-        reason: flatten(&e),
-    })
+pub fn client_from(config: kube::Config) -> Result<kube::Client, StartError> {
+    Ok(kube_client::build(
+        config,
+        CONNECT_TIMEOUT,
+        READ_TIMEOUT,
+        None,
+    )?)
+}
+
+impl From<ClientError> for StartError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Kubeconfig { path, reason } => StartError::Kubeconfig { path, reason },
+            ClientError::InCluster { reason } => StartError::InCluster { reason },
+            ClientError::Client { reason } => StartError::Client { reason },
+        }
+    }
 }
 
 /// Runs `call` for at most [`DISCOVERY_TIMEOUT`].
