@@ -106,9 +106,6 @@ fn main() -> ExitCode {
         return usage_error(e);
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, rules = cfg.rules.custom.len(), external_rules = cfg.rules.external.len(), prometheus = %cfg.prometheus.url, "Starting prom-adapter.");
-    tracing::warn!(
-        "Authentication and authorization are not implemented yet: every request is served."
-    );
     for flag in ignored {
         tracing::warn!(
             flag,
