@@ -36,22 +36,23 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use pipeline_tests::exporter::{ExportedSeries, gauge};
+use pipeline_tests::exporter::ExportedSeries;
 use pipeline_tests::http::{HttpResponse, parse_response};
 use pipeline_tests::kubeapi::{
     AUTH_CONFIGMAP, AccessReview, Decision, FakeKubeApi, KUBECONFIG_TOKEN, NonResourceAttributes,
     ResourceAttributes, UserInfo, auth_config_data,
 };
 use pipeline_tests::kubectl::{CurlOptions, KubeconfigUser, OPENSSL_HINT, curl, run_command};
+use pipeline_tests::metrics_api::{
+    CUSTOM_V2, EXTERNAL_V1, check_status, log_dir, rules, shared_fixture,
+};
 use pipeline_tests::pki::{ALICE, ALICE_GROUP, CertPair, FRONT_PROXY_CN, Pki, pem};
-use pipeline_tests::promadapter::{Leash, Security, fixture};
+use pipeline_tests::promadapter::{Leash, Security};
 use pipeline_tests::util::{replace_file, scaled};
 use pipeline_tests::{Adapter, Exporter, PATIENCE, Prometheus, eventually, require_program};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-const CUSTOM_V2: &str = "/apis/custom.metrics.k8s.io/v1beta2";
-const EXTERNAL_V1: &str = "/apis/external.metrics.k8s.io/v1beta1";
 const PODS_CPU: &str =
     "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/app_cpu_cores";
 const PODS_MEMORY: &str =
@@ -76,23 +77,19 @@ const CAROL_TOKEN: &str = "carol-token-5f2b";
 /// A bearer token the fake knows: user grace.
 const GRACE_TOKEN: &str = "grace-token-91ac";
 
-/// The series the exporter serves: the gauges of `tests/adapter.rs`.
+/// The series the exporter serves: the gauges `queue_depth`, `app_cpu_cores` and
+/// `app_memory_kilobytes` of `tests/adapter.rs`
+/// ([`pipeline_tests::metrics_api::exported_series`]).
 fn exported_series() -> Vec<ExportedSeries> {
-    let web0 = [("namespace", "default"), ("pod", "web-0")];
-    vec![
-        gauge(
-            "queue_depth",
-            &[("namespace", "default"), ("queue", "orders")],
-            42.0,
-        ),
-        gauge(
-            "queue_depth",
-            &[("namespace", "default"), ("queue", "payments")],
-            7.0,
-        ),
-        gauge("app_cpu_cores", &web0, 24.233138021),
-        gauge("app_memory_kilobytes", &web0, 2000.0),
-    ]
+    pipeline_tests::metrics_api::exported_series()
+        .into_iter()
+        .filter(|s| {
+            matches!(
+                s.name.as_str(),
+                "queue_depth" | "app_cpu_cores" | "app_memory_kilobytes"
+            )
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -109,48 +106,27 @@ struct Peers {
 static PEERS: OnceLock<Result<Peers, String>> = OnceLock::new();
 
 fn peers() -> &'static Peers {
-    let peers = PEERS.get_or_init(|| {
-        catch_unwind(|| {
-            let pki = Pki::generate().expect("generating the test PKI");
-            let exporter = Exporter::start(exported_series());
-            let prom = Prometheus::start_job("adapter-auth-e2e", &[exporter.addr()]);
-            prom.wait_targets_up(1);
-            eventually("every exported series in Prometheus", PATIENCE, || {
-                let n = prom.query("{__name__=~\"app_.*|queue_depth\"}")?.len();
-                ensure!(n == exported_series().len(), "{n} series so far");
-                Ok(())
-            });
-            let logs = log_dir(prom.process().stderr_path());
-            let leash = Leash::new(&[prom.process().pid()], &[prom.dir(), &logs, pki.dir()])
-                .expect("leashing Prometheus");
-            Peers {
-                prom,
-                _exporter: exporter,
-                pki,
-                _leash: leash,
-            }
-        })
-        .map_err(|panic| panic_message(panic.as_ref()))
-    });
-    match peers {
-        Ok(peers) => peers,
-        Err(message) => panic!(
-            "the exporter + Prometheus of the auth tests did not start (the first test that \
-             tried printed the logs): {message}"
-        ),
-    }
-}
-
-fn log_dir(stderr: PathBuf) -> PathBuf {
-    stderr.parent().map(PathBuf::from).unwrap_or(stderr)
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "(no message)".to_owned())
+    let what = "the exporter + Prometheus of the auth tests";
+    shared_fixture(&PEERS, what, || {
+        let pki = Pki::generate().expect("generating the test PKI");
+        let exporter = Exporter::start(exported_series());
+        let prom = Prometheus::start_job("adapter-auth-e2e", &[exporter.addr()]);
+        prom.wait_targets_up(1);
+        eventually("every exported series in Prometheus", PATIENCE, || {
+            let n = prom.query("{__name__=~\"app_.*|queue_depth\"}")?.len();
+            ensure!(n == exported_series().len(), "{n} series so far");
+            Ok(())
+        });
+        let logs = log_dir(prom.process().stderr_path());
+        let leash = Leash::new(&[prom.process().pid()], &[prom.dir(), &logs, pki.dir()])
+            .expect("leashing Prometheus");
+        Peers {
+            prom,
+            _exporter: exporter,
+            pki,
+            _leash: leash,
+        }
+    })
 }
 
 /// The e2e policy: mallory denied, nobody without an opinion, the aggregator denied (it must
@@ -248,8 +224,7 @@ impl Secured {
                 key: pki.alice.key.clone(),
             },
         };
-        let adapter =
-            Adapter::start_with(&fixture("rules.yaml"), &peers.prom.url(), &args, &security);
+        let adapter = Adapter::start_with(&rules(), &peers.prom.url(), &args, &security);
         Secured {
             adapter,
             fake,
@@ -309,30 +284,21 @@ static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
 /// Runs `test` against the shared secured adapter; prints its log tail when the test fails.
 fn with_shared(test: impl FnOnce(&Peers, &Secured)) {
     let peers = peers();
-    let shared = SHARED.get_or_init(|| {
-        catch_unwind(AssertUnwindSafe(|| {
-            let secured = Secured::start(
-                peers,
-                CaFlags::Given,
-                &peers.pki.serving,
-                &["--authentication-token-webhook-cache-ttl", "2m"],
-            );
-            secured.wait_serving(&front_proxy(&peers.pki, &[("X-Remote-User", "warmup")]));
-            let leash = secured.leash();
-            Shared {
-                secured,
-                _leash: leash,
-            }
-        }))
-        .map_err(|panic| panic_message(panic.as_ref()))
+    let shared = shared_fixture(&SHARED, "the shared secured adapter", || {
+        let secured = Secured::start(
+            peers,
+            CaFlags::Given,
+            &peers.pki.serving,
+            &["--authentication-token-webhook-cache-ttl", "2m"],
+        );
+        secured.wait_serving(&front_proxy(&peers.pki, &[("X-Remote-User", "warmup")]));
+        let leash = secured.leash();
+        Shared {
+            secured,
+            _leash: leash,
+        }
     });
-    let secured = match shared {
-        Ok(shared) => &shared.secured,
-        Err(message) => panic!(
-            "the shared secured adapter did not start (the first test that tried printed the \
-             logs): {message}"
-        ),
-    };
+    let secured = &shared.secured;
     run_logged(secured, || test(peers, secured));
 }
 
@@ -429,46 +395,10 @@ fn check_queue_list(r: &HttpResponse) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `r` is a `metav1.Status` failure with `code` and `reason`, served as JSON;
-/// returns it.
+/// Checks that `r` is a `metav1.Status` failure with `code` and `reason`, served as JSON
+/// ([`check_status`]); returns it.
 fn expect_status(r: &HttpResponse, code: u16, reason: &str, what: &str) -> Value {
-    let body = body_text(r);
-    assert_eq!(
-        r.status, code,
-        "{what}: expected HTTP {code} ({reason}), got {} with {body}",
-        r.status
-    );
-    let content_type = r.header("content-type").unwrap_or_default();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{what}: expected Content-Type application/json for the {code} Status, got \
-         {content_type:?} with {body}"
-    );
-    let status: Value = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("{what}: expected a Status JSON body, got {body:?}: {e}"));
-    assert_eq!(
-        (
-            &status["kind"],
-            &status["apiVersion"],
-            &status["status"],
-            &status["reason"],
-            &status["code"]
-        ),
-        (
-            &json!("Status"),
-            &json!("v1"),
-            &json!("Failure"),
-            &json!(reason),
-            &json!(code)
-        ),
-        "{what}: expected a Status with status Failure, reason {reason}, code {code}; got \
-         {status}"
-    );
-    assert!(
-        status["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: expected a message in the Status, got {status}"
-    );
-    status
+    check_status(r, code, reason, what).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// `GET path` as `who` must be refused with 401 Unauthorized (a refused TLS handshake is
@@ -1065,7 +995,7 @@ fn auth_refuses_to_start_without_credentials_sources() {
         ),
     ];
     for (args, flag, what) in cases {
-        let run = Adapter::run_to_exit(&fixture("rules.yaml"), prometheus, args);
+        let run = Adapter::run_to_exit(&rules(), prometheus, args);
         assert_eq!(
             run.code(),
             Some(64),
@@ -1083,7 +1013,7 @@ fn auth_refuses_to_start_without_credentials_sources() {
 #[test]
 fn auth_insecure_dev_serves_without_credentials_and_warns() {
     let peers = peers();
-    let adapter = Adapter::start(&fixture("rules.yaml"), &peers.prom.url(), &[]);
+    let adapter = Adapter::start(&rules(), &peers.prom.url(), &[]);
     assert!(
         adapter.args().iter().any(|a| a == "--insecure-dev"),
         "Adapter::start must pass --insecure-dev: {:?}",

@@ -1,5 +1,7 @@
-//! A fake kube-apiserver: the three endpoints an aggregated API server's delegated
-//! authentication and authorization use, over plain HTTP/1.1 on an ephemeral loopback port.
+//! A fake kube-apiserver over plain HTTP/1.1 on an ephemeral loopback port: the three
+//! endpoints an aggregated API server's delegated authentication and authorization use, and
+//! (opt-in, [`FakeKubeApi::start_with_objects`]) the pods and namespaces a watch cache lists
+//! and watches.
 //!
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: answers from a token → user table
 //!   the test sets ([`FakeKubeApi::set_token`]).
@@ -17,16 +19,43 @@
 //! 422 `Invalid` Status; a request without the kubeconfig's bearer token
 //! ([`KUBECONFIG_TOKEN`]) a 401; any other path a 404 `NotFound` Status.
 //!
+//! # Objects
+//!
+//! With objects served, the fake is what kube-rs' `watcher` (metadata only, as the adapter's
+//! watch cache runs it) needs, in the real shapes:
+//! - discovery: `GET /api` (`APIVersions`, `v1`), `GET /api/v1` (an `APIResourceList` with
+//!   `pods` and `namespaces`, verbs including `list` and `watch`, and their subresources),
+//!   `GET /apis` (an empty `APIGroupList`);
+//! - lists: `GET /api/v1/pods`, `/api/v1/namespaces/{ns}/pods`, `/api/v1/namespaces` answer a
+//!   `PodList`/`NamespaceList`, or a `PartialObjectMetadataList` (`meta.k8s.io/v1`) when the
+//!   `Accept` header asks for `as=PartialObjectMetadataList`; `metadata.resourceVersion` is
+//!   the fake's current version; `limit` pages the answer with a `continue` token and
+//!   `remainingItemCount`;
+//! - watches: the same paths with `watch=true` (or `1`) answer `200` with a chunked body of
+//!   newline-delimited events (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` when
+//!   `allowWatchBookmarks=true`), first every change after `resourceVersion` (or, without
+//!   one or with `0`, an `ADDED` for every object), then each change as the test makes it.
+//!   A watch stays open until `timeoutSeconds` (capped by [`FakeKubeApi::set_watch_limit`];
+//!   it ends with a `BOOKMARK` when bookmarks were asked for, as kube-apiserver does),
+//!   [`FakeKubeApi::end_watches`], or the fake goes down.
+//!
+//! The test changes objects while clients watch ([`FakeKubeApi::set_pod`],
+//! [`FakeKubeApi::delete_pod`], [`FakeKubeApi::set_namespace`], …; every change takes the next
+//! resourceVersion, shared by all resources as etcd's is), sends bookmarks
+//! ([`FakeKubeApi::bookmark`]) and holds lists back ([`FakeKubeApi::hold_lists`]) to keep a
+//! cache from syncing. `labelSelector` and `fieldSelector` are not supported (400).
+//!
 //! Every request is recorded ([`FakeKubeApi::requests`]) with its headers and parsed JSON
-//! body, so tests can assert what the adapter sent. [`FakeKubeApi::set_down`] closes the
-//! listener and every open connection (clients get "connection refused") until it is set up
-//! again on the same port.
+//! body, so tests can assert what the adapter sent (a watch when it starts, everything else
+//! when answered). [`FakeKubeApi::set_down`] closes the listener and every open connection
+//! (clients get "connection refused") until it is set up again on the same port.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -231,6 +260,16 @@ impl Recorded {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A query parameter, percent-decoded (see [`query_params`]).
+    pub fn param(&self, name: &str) -> Option<String> {
+        query_params(&self.query).remove(name)
+    }
+
+    /// Whether it asked to watch (`watch=true` or `watch=1`).
+    pub fn is_watch(&self) -> bool {
+        self.param("watch").is_some_and(|w| w == "true" || w == "1")
+    }
+
     /// The body's `spec` (`Null` when none).
     pub fn spec(&self) -> &Value {
         self.body.as_ref().map_or(&Value::Null, |b| &b["spec"])
@@ -272,6 +311,294 @@ pub fn auth_config_data(
     data
 }
 
+/// The path of the pods of every namespace.
+pub const PODS: &str = "/api/v1/pods";
+
+/// The path of the namespaces.
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+
+/// The `Accept` media type of a metadata-only list (kube-rs' `list_metadata`).
+pub const ACCEPT_METADATA_LIST: &str =
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+
+/// How long a watch lasts at most when the test does not say (kube-apiserver's
+/// `--min-request-timeout` is 1800 s; kube-rs asks for 290 s).
+const DEFAULT_WATCH_LIMIT: Duration = Duration::from_secs(1800);
+
+/// The resourceVersion before the first change.
+const FIRST_RESOURCE_VERSION: u64 = 1000;
+
+/// A resource the fake serves objects of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Resource {
+    /// `pods` (namespaced).
+    Pods,
+    /// `namespaces` (cluster-scoped).
+    Namespaces,
+}
+
+impl Resource {
+    /// Its `kind`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Resource::Pods => "Pod",
+            Resource::Namespaces => "Namespace",
+        }
+    }
+
+    /// Whether its objects live in a namespace.
+    pub fn namespaced(self) -> bool {
+        matches!(self, Resource::Pods)
+    }
+
+    /// The path of its collection over every namespace.
+    pub fn path(self) -> &'static str {
+        match self {
+            Resource::Pods => PODS,
+            Resource::Namespaces => NAMESPACES,
+        }
+    }
+}
+
+/// One open watch: where its events go.
+struct Watcher {
+    id: u64,
+    namespace: Option<String>,
+    meta_only: bool,
+    bookmarks: bool,
+    tx: Sender<String>,
+}
+
+/// The objects of one resource, by (namespace, name) (`""` for cluster-scoped ones), with
+/// every change since the start (for watches resuming from a resourceVersion).
+#[derive(Default)]
+struct Collection {
+    objects: BTreeMap<(String, String), Value>,
+    log: Vec<(u64, &'static str, Value)>,
+    watchers: Vec<Watcher>,
+}
+
+struct Objects {
+    served: bool,
+    /// The last resourceVersion handed out.
+    rv: u64,
+    collections: BTreeMap<Resource, Collection>,
+    hold_lists: bool,
+    /// Lists waiting now because of `hold_lists`.
+    held: usize,
+    watch_limit: Duration,
+    next_watcher: u64,
+}
+
+impl Objects {
+    fn new() -> Objects {
+        Objects {
+            served: false,
+            rv: FIRST_RESOURCE_VERSION,
+            collections: [Resource::Pods, Resource::Namespaces]
+                .into_iter()
+                .map(|r| (r, Collection::default()))
+                .collect(),
+            hold_lists: false,
+            held: 0,
+            watch_limit: DEFAULT_WATCH_LIMIT,
+            next_watcher: 0,
+        }
+    }
+
+    fn collection(&mut self, resource: Resource) -> &mut Collection {
+        self.collections.entry(resource).or_default()
+    }
+
+    /// Creates or changes (`Some(labels)`) or deletes (`None`) an object and tells the
+    /// watchers; returns the change's resourceVersion, `None` when deleting what isn't there.
+    fn change(
+        &mut self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        labels: Option<&[(&str, &str)]>,
+    ) -> Option<u64> {
+        let namespace = if resource.namespaced() { namespace } else { "" };
+        let key = (namespace.to_owned(), name.to_owned());
+        let rv = self.rv + 1;
+        let collection = self.collection(resource);
+        let (event, object) = match labels {
+            Some(labels) => {
+                let mut labels: BTreeMap<String, String> = labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                if resource == Resource::Namespaces {
+                    labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
+                }
+                let previous = collection.objects.get(&key);
+                let object = match previous {
+                    Some(previous) => {
+                        let mut object = previous.clone();
+                        object["metadata"]["labels"] = json!(labels);
+                        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                        object
+                    }
+                    None => new_object(resource, namespace, name, &labels, rv),
+                };
+                let event = if previous.is_some() {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                };
+                collection.objects.insert(key, object.clone());
+                (event, object)
+            }
+            None => {
+                let mut object = collection.objects.remove(&key)?;
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                ("DELETED", object)
+            }
+        };
+        self.rv = rv;
+        let collection = self.collection(resource);
+        collection.log.push((rv, event, object.clone()));
+        collection
+            .watchers
+            .retain(|w| !w.wants(namespace) || w.tx.send(w.line(event, &object)).is_ok());
+        Some(rv)
+    }
+}
+
+impl Watcher {
+    fn wants(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    }
+
+    fn line(&self, event: &str, object: &Value) -> String {
+        let object = if self.meta_only {
+            partial(object)
+        } else {
+            object.clone()
+        };
+        let mut line = json!({"type": event, "object": object}).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// A pod or namespace as kube-apiserver returns it (the fields a metadata-only client
+/// ignores included, so a full list is realistically heavier).
+fn new_object(
+    resource: Resource,
+    namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    rv: u64,
+) -> Value {
+    let mut metadata = json!({
+        "name": name,
+        "uid": format!("00000000-0000-4000-8000-{rv:012}"),
+        "resourceVersion": rv.to_string(),
+        "creationTimestamp": "2025-01-01T00:00:00Z",
+        "labels": labels,
+        "managedFields": [{
+            "manager": "kubectl", "operation": "Apply", "apiVersion": "v1",
+            "time": "2025-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {}}},
+        }],
+    });
+    match resource {
+        Resource::Pods => {
+            metadata["namespace"] = json!(namespace);
+            json!({
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "metadata": metadata,
+                "spec": {
+                    "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+                    "restartPolicy": "Always",
+                    "nodeName": "node-1",
+                },
+                "status": {"phase": "Running", "podIP": "10.0.0.10"},
+            })
+        }
+        Resource::Namespaces => json!({
+            "kind": "Namespace",
+            "apiVersion": "v1",
+            "metadata": metadata,
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }),
+    }
+}
+
+/// `object` as a metadata-only request gets it.
+fn partial(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object["metadata"].clone(),
+    })
+}
+
+/// What an object request is about: a resource, in one namespace or all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    resource: Resource,
+    namespace: Option<String>,
+}
+
+fn object_target(path: &str) -> Option<Target> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let (resource, namespace) = match segments.as_slice() {
+        ["", "api", "v1", "pods"] => (Resource::Pods, None),
+        ["", "api", "v1", "namespaces"] => (Resource::Namespaces, None),
+        ["", "api", "v1", "namespaces", ns, "pods"] if !ns.is_empty() => {
+            (Resource::Pods, Some((*ns).to_owned()))
+        }
+        _ => return None,
+    };
+    Some(Target {
+        resource,
+        namespace,
+    })
+}
+
+/// The query's parameters, percent-decoded (`+` as a space); the first of a repeated name.
+pub fn query_params(query: &str) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params
+            .entry(percent_decode(k))
+            .or_insert_with(|| percent_decode(v));
+    }
+    params
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high * 16 + low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 struct State {
     tokens: Mutex<BTreeMap<String, UserInfo>>,
     policy: Mutex<Policy>,
@@ -287,6 +614,9 @@ struct State {
     listening: Mutex<bool>,
     changed: Condvar,
     bind_error: Mutex<Option<String>>,
+    /// The objects, with a condvar for held lists.
+    objects: Mutex<Objects>,
+    objects_changed: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -324,6 +654,8 @@ impl FakeKubeApi {
             listening: Mutex::new(true),
             changed: Condvar::new(),
             bind_error: Mutex::new(None),
+            objects: Mutex::new(Objects::new()),
+            objects_changed: Condvar::new(),
         });
         let thread_state = Arc::clone(&state);
         let thread = thread::Builder::new()
@@ -466,6 +798,151 @@ impl FakeKubeApi {
     }
 }
 
+/// Objects: what a watch cache lists and watches (see the module docs).
+impl FakeKubeApi {
+    /// [`FakeKubeApi::start`] with pods and namespaces served ([`FakeKubeApi::serve_objects`]),
+    /// none of them there yet.
+    ///
+    /// # Panics
+    /// As [`FakeKubeApi::start`].
+    pub fn start_with_objects() -> FakeKubeApi {
+        let fake = FakeKubeApi::start();
+        fake.serve_objects(true);
+        fake
+    }
+
+    /// Serves discovery, lists and watches of pods and namespaces from now on (`true`), or
+    /// answers them 404 like any unknown path (`false`, the default of
+    /// [`FakeKubeApi::start`]).
+    pub fn serve_objects(&self, on: bool) {
+        self.objects().served = on;
+    }
+
+    fn objects(&self) -> MutexGuard<'_, Objects> {
+        lock(&self.state.objects)
+    }
+
+    /// Creates the pod `namespace/name` with `labels`, or replaces the labels of the one
+    /// there (watchers get `ADDED` or `MODIFIED`). The namespace is created first when it
+    /// doesn't exist. Returns the change's resourceVersion.
+    pub fn set_pod(&self, namespace: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let mut objects = self.objects();
+        let key = (String::new(), namespace.to_owned());
+        if !objects
+            .collection(Resource::Namespaces)
+            .objects
+            .contains_key(&key)
+        {
+            objects.change(Resource::Namespaces, "", namespace, Some(&[]));
+        }
+        objects
+            .change(Resource::Pods, namespace, name, Some(labels))
+            .unwrap_or_default()
+    }
+
+    /// Deletes the pod `namespace/name` (watchers get `DELETED`); returns the change's
+    /// resourceVersion, `None` when there is no such pod.
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> Option<u64> {
+        self.objects().change(Resource::Pods, namespace, name, None)
+    }
+
+    /// Creates the namespace `name` with `labels` (and `kubernetes.io/metadata.name`, which
+    /// kube-apiserver adds), or replaces its labels. Returns the change's resourceVersion.
+    pub fn set_namespace(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.objects()
+            .change(Resource::Namespaces, "", name, Some(labels))
+            .unwrap_or_default()
+    }
+
+    /// Deletes the namespace `name` (not its pods); `None` when there is no such namespace.
+    pub fn delete_namespace(&self, name: &str) -> Option<u64> {
+        self.objects().change(Resource::Namespaces, "", name, None)
+    }
+
+    /// The names of the pods of `namespace`, sorted.
+    pub fn pods(&self, namespace: &str) -> Vec<String> {
+        self.objects()
+            .collection(Resource::Pods)
+            .objects
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
+    /// The last resourceVersion handed out.
+    pub fn resource_version(&self) -> u64 {
+        self.objects().rv
+    }
+
+    /// Sends a `BOOKMARK` at the current resourceVersion to every open watch that allows
+    /// bookmarks; returns that version.
+    pub fn bookmark(&self) -> u64 {
+        let mut objects = self.objects();
+        let rv = objects.rv;
+        for (resource, collection) in &mut objects.collections {
+            let resource = *resource;
+            collection.watchers.retain(|w| {
+                !w.bookmarks || w.tx.send(bookmark_line(resource, w.meta_only, rv)).is_ok()
+            });
+        }
+        rv
+    }
+
+    /// Ends every open watch normally (the chunked body ends), as kube-apiserver does at a
+    /// watch's timeout.
+    pub fn end_watches(&self) {
+        for collection in self.objects().collections.values_mut() {
+            collection.watchers.clear();
+        }
+    }
+
+    /// The watches of `resource` open now.
+    pub fn open_watches(&self, resource: Resource) -> usize {
+        self.objects().collection(resource).watchers.len()
+    }
+
+    /// Holds every list request (`true`) until released (`false`): a cache that lists then
+    /// never completes its first list. Watches are not held.
+    pub fn hold_lists(&self, hold: bool) {
+        self.objects().hold_lists = hold;
+        self.state.objects_changed.notify_all();
+    }
+
+    /// How many list requests are being held now.
+    pub fn held_lists(&self) -> usize {
+        self.objects().held
+    }
+
+    /// Ends a watch after `limit` even if it asked for a longer `timeoutSeconds` (default 30
+    /// minutes).
+    pub fn set_watch_limit(&self, limit: Duration) {
+        self.objects().watch_limit = limit;
+    }
+
+    /// The list requests (not watches) of `resource` answered so far, over every namespace
+    /// and in one.
+    pub fn lists_of(&self, resource: Resource) -> Vec<Recorded> {
+        self.object_requests(resource, false)
+    }
+
+    /// The watch requests of `resource` so far (recorded when they start).
+    pub fn watches_of(&self, resource: Resource) -> Vec<Recorded> {
+        self.object_requests(resource, true)
+    }
+
+    fn object_requests(&self, resource: Resource, watch: bool) -> Vec<Recorded> {
+        lock(&self.state.requests)
+            .iter()
+            .filter(|r| {
+                r.is_watch() == watch
+                    && object_target(&r.path).is_some_and(|t| t.resource == resource)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 impl Drop for FakeKubeApi {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::SeqCst);
@@ -561,35 +1038,408 @@ fn serve_connection(stream: TcpStream, state: &Arc<State>) {
             let close = request
                 .header("connection")
                 .is_some_and(|c| c.eq_ignore_ascii_case("close"));
-            let (status, body) = answer(&request, state);
-            request.status = status;
-            lock(&state.requests).push(request);
-            let reason = match status {
-                200 => "OK",
-                201 => "Created",
-                400 => "Bad Request",
-                401 => "Unauthorized",
-                404 => "Not Found",
-                405 => "Method Not Allowed",
-                422 => "Unprocessable Entity",
-                _ => "Other",
-            };
-            let body = body.to_string();
-            let response = format!(
-                "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: \
-                 {}\r\nConnection: {}\r\n\r\n{body}",
-                body.len(),
-                if close { "close" } else { "keep-alive" }
-            );
-            if writer.write_all(response.as_bytes()).is_err() || close {
-                break;
+            let connection = if close { "close" } else { "keep-alive" };
+            match respond(&request, state) {
+                Reply::Json(status, body) => {
+                    request.status = status;
+                    lock(&state.requests).push(request);
+                    let body = body.to_string();
+                    let response = format!(
+                        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+                        reason_phrase(status),
+                        body.len(),
+                    );
+                    if !send(&mut writer, response.as_bytes()) || close {
+                        break;
+                    }
+                }
+                Reply::Watch(watch) => {
+                    request.status = 200;
+                    lock(&state.requests).push(request);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Transfer-Encoding: chunked\r\nConnection: {connection}\r\n\r\n"
+                    );
+                    let reusable = send(&mut writer, head.as_bytes())
+                        && stream_watch(&mut writer, &watch, state);
+                    forget_watch(&mut lock(&state.objects), &watch);
+                    if !reusable || close {
+                        break;
+                    }
+                }
             }
-            let _ = writer.flush();
         }
     }
     if let Some(stream) = lock(&state.connections).remove(&id) {
         let _ = stream.shutdown(Shutdown::Both);
     }
+}
+
+/// What the fake answers one request with.
+enum Reply {
+    /// A JSON body with a `Content-Length`.
+    Json(u16, Value),
+    /// A watch: events streamed as chunks.
+    Watch(WatchStream),
+}
+
+/// An open watch, as its connection streams it.
+struct WatchStream {
+    id: u64,
+    resource: Resource,
+    meta_only: bool,
+    bookmarks: bool,
+    rx: Receiver<String>,
+    deadline: Instant,
+}
+
+fn respond(request: &Recorded, state: &State) -> Reply {
+    let served = lock(&state.objects).served;
+    if served
+        && request.method == "GET"
+        && request.is_watch()
+        && authorized(request)
+        && let Some(target) = object_target(&request.path)
+    {
+        return match start_watch(request, state, &target) {
+            Ok(watch) => Reply::Watch(watch),
+            Err((code, body)) => Reply::Json(code, body),
+        };
+    }
+    let (code, body) = answer(request, state);
+    Reply::Json(code, body)
+}
+
+fn authorized(request: &Recorded) -> bool {
+    let expected = format!("Bearer {KUBECONFIG_TOKEN}");
+    request.header("authorization") == Some(expected.as_str())
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        410 => "Gone",
+        422 => "Unprocessable Entity",
+        503 => "Service Unavailable",
+        _ => "Other",
+    }
+}
+
+/// Writes `bytes` and flushes; whether that worked.
+fn send(writer: &mut TcpStream, bytes: &[u8]) -> bool {
+    writer
+        .write_all(bytes)
+        .and_then(|()| writer.flush())
+        .is_ok()
+}
+
+fn chunk(line: &str) -> String {
+    format!("{:x}\r\n{line}\r\n", line.len())
+}
+
+/// Streams `watch` until it ends; returns whether the connection can carry another request.
+fn stream_watch(writer: &mut TcpStream, watch: &WatchStream, state: &State) -> bool {
+    let gone = || state.stop.load(Ordering::SeqCst) || state.down.load(Ordering::SeqCst);
+    loop {
+        if gone() {
+            return false;
+        }
+        let left = watch.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // The watch's time is up: stop its events, send what is queued, a bookmark if it
+            // allows them (kube-apiserver sends one as a watch times out), and the last chunk.
+            let rv = {
+                let mut objects = lock(&state.objects);
+                forget_watch(&mut objects, watch);
+                objects.rv
+            };
+            let mut tail: String = watch.rx.try_iter().map(|line| chunk(&line)).collect();
+            if watch.bookmarks {
+                tail.push_str(&chunk(&bookmark_line(watch.resource, watch.meta_only, rv)));
+            }
+            tail.push_str("0\r\n\r\n");
+            return send(writer, tail.as_bytes());
+        }
+        match watch.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok(line) => {
+                if !send(writer, chunk(&line).as_bytes()) {
+                    return false;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            // Ended by the test.
+            Err(RecvTimeoutError::Disconnected) => return send(writer, b"0\r\n\r\n"),
+        }
+    }
+}
+
+fn forget_watch(objects: &mut Objects, watch: &WatchStream) {
+    objects
+        .collection(watch.resource)
+        .watchers
+        .retain(|w| w.id != watch.id);
+}
+
+fn bookmark_line(resource: Resource, meta_only: bool, rv: u64) -> String {
+    let (kind, api_version) = if meta_only {
+        ("PartialObjectMetadata", "meta.k8s.io/v1")
+    } else {
+        (resource.kind(), "v1")
+    };
+    let object = json!({
+        "kind": kind,
+        "apiVersion": api_version,
+        "metadata": {"resourceVersion": rv.to_string()},
+    });
+    let mut line = json!({"type": "BOOKMARK", "object": object}).to_string();
+    line.push('\n');
+    line
+}
+
+/// A 400 when the request has a label or field selector (the fake would ignore it).
+fn unsupported_selector(request: &Recorded) -> Option<(u16, Value)> {
+    ["labelSelector", "fieldSelector"]
+        .into_iter()
+        .find(|p| request.param(p).is_some_and(|v| !v.is_empty()))
+        .map(|p| status(400, "BadRequest", &format!("the fake does not support {p}")))
+}
+
+fn start_watch(
+    request: &Recorded,
+    state: &State,
+    target: &Target,
+) -> Result<WatchStream, (u16, Value)> {
+    if let Some(bad) = unsupported_selector(request) {
+        return Err(bad);
+    }
+    let meta_only = request
+        .header("accept")
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+    let bookmarks = request.param("allowWatchBookmarks").as_deref() == Some("true");
+    let from =
+        match request.param("resourceVersion").as_deref() {
+            None | Some("" | "0") => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                status(400, "BadRequest", &format!("invalid resourceVersion {v:?}"))
+            })?),
+        };
+    let timeout = match request.param("timeoutSeconds") {
+        None => None,
+        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
+            status(400, "BadRequest", &format!("invalid timeoutSeconds {t:?}"))
+        })?)),
+    };
+    let mut objects = lock(&state.objects);
+    let limit = objects.watch_limit;
+    let id = objects.next_watcher;
+    objects.next_watcher += 1;
+    let (tx, rx) = mpsc::channel();
+    let watcher = Watcher {
+        id,
+        namespace: target.namespace.clone(),
+        meta_only,
+        bookmarks,
+        tx,
+    };
+    let collection = objects.collection(target.resource);
+    let namespace_of = |object: &Value| {
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    match from {
+        // From "any" version: the current objects first, as synthetic ADDED events.
+        None => {
+            for object in collection.objects.values() {
+                if watcher.wants(&namespace_of(object)) {
+                    let _ = watcher.tx.send(watcher.line("ADDED", object));
+                }
+            }
+        }
+        Some(from) => {
+            for (rv, event, object) in &collection.log {
+                if *rv > from && watcher.wants(&namespace_of(object)) {
+                    let _ = watcher.tx.send(watcher.line(event, object));
+                }
+            }
+        }
+    }
+    collection.watchers.push(watcher);
+    Ok(WatchStream {
+        id,
+        resource: target.resource,
+        meta_only,
+        bookmarks,
+        rx,
+        deadline: Instant::now() + timeout.map_or(limit, |t| t.min(limit)),
+    })
+}
+
+/// Discovery, and lists of pods and namespaces; `None` for any other path.
+fn objects_answer(request: &Recorded, state: &State) -> Option<(u16, Value)> {
+    let document = discovery_document(&request.path);
+    let target = object_target(&request.path);
+    if document.is_none() && target.is_none() {
+        return None;
+    }
+    if request.method != "GET" {
+        return Some(status(
+            405,
+            "MethodNotAllowed",
+            &format!("{} is not supported on {}", request.method, request.path),
+        ));
+    }
+    Some(match (document, target) {
+        (Some(document), _) => (200, document),
+        (None, Some(target)) => list(request, state, &target),
+        (None, None) => unreachable!("checked above"),
+    })
+}
+
+fn discovery_document(path: &str) -> Option<Value> {
+    let resource = |name: &str, singular: &str, namespaced: bool, kind: &str, verbs: &[&str]| {
+        let mut r = json!({
+            "name": name,
+            "singularName": singular,
+            "namespaced": namespaced,
+            "kind": kind,
+            "verbs": verbs,
+        });
+        if !name.contains('/') {
+            r["storageVersionHash"] = json!(format!("{kind}Hash="));
+        }
+        r
+    };
+    let all = [
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ];
+    let status_verbs = ["get", "patch", "update"];
+    Some(match path {
+        "/api" => json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": "10.0.0.1:6443"}
+            ],
+        }),
+        "/api/v1" => {
+            let mut namespaces = resource("namespaces", "namespace", false, "Namespace", &all);
+            namespaces["shortNames"] = json!(["ns"]);
+            let mut pods = resource("pods", "pod", true, "Pod", &all);
+            pods["shortNames"] = json!(["po"]);
+            pods["categories"] = json!(["all"]);
+            json!({
+                "kind": "APIResourceList",
+                "groupVersion": "v1",
+                "resources": [
+                    namespaces,
+                    resource("namespaces/status", "", false, "Namespace", &status_verbs),
+                    pods,
+                    resource("pods/log", "", true, "Pod", &["get"]),
+                    resource("pods/status", "", true, "Pod", &status_verbs),
+                ],
+            })
+        }
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+        _ => return None,
+    })
+}
+
+fn list(request: &Recorded, state: &State, target: &Target) -> (u16, Value) {
+    if let Some(bad) = unsupported_selector(request) {
+        return bad;
+    }
+    let meta_only = request
+        .header("accept")
+        .is_some_and(|a| a.contains("as=PartialObjectMetadataList"));
+    let limit = match request.param("limit") {
+        None => usize::MAX,
+        Some(l) => match l.parse::<usize>() {
+            Ok(0) => usize::MAX,
+            Ok(n) => n,
+            Err(_) => return status(400, "BadRequest", &format!("invalid limit {l:?}")),
+        },
+    };
+    let from_token = match request.param("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(token) => match parse_continue(&token) {
+            Some(parsed) => Some(parsed),
+            None => {
+                return status(
+                    400,
+                    "BadRequest",
+                    &format!("invalid continue token {token:?}"),
+                );
+            }
+        },
+    };
+    let mut objects = lock(&state.objects);
+    if objects.hold_lists {
+        objects.held += 1;
+        let gone = || state.stop.load(Ordering::SeqCst) || state.down.load(Ordering::SeqCst);
+        while objects.hold_lists && !gone() {
+            objects = state
+                .objects_changed
+                .wait_timeout(objects, Duration::from_millis(100))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        objects.held -= 1;
+        if gone() {
+            return status(503, "ServiceUnavailable", "the fake is going away");
+        }
+    }
+    let current = objects.rv;
+    let (offset, rv) = from_token.unwrap_or((0, current));
+    let collection = objects.collection(target.resource);
+    let selected: Vec<&Value> = collection
+        .objects
+        .iter()
+        .filter(|((ns, _), _)| target.namespace.as_deref().is_none_or(|t| t == ns))
+        .map(|(_, object)| object)
+        .collect();
+    let total = selected.len();
+    let items: Vec<Value> = selected
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|o| if meta_only { partial(o) } else { o.clone() })
+        .collect();
+    let next = offset + items.len();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if next < total {
+        metadata["continue"] = json!(format!("{rv}:{next}"));
+        metadata["remainingItemCount"] = json!(total - next);
+    }
+    let (kind, api_version) = if meta_only {
+        ("PartialObjectMetadataList".to_owned(), "meta.k8s.io/v1")
+    } else {
+        (format!("{}List", target.resource.kind()), "v1")
+    };
+    (
+        200,
+        json!({"kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items}),
+    )
+}
+
+/// A continue token of [`list`]: `(offset, resourceVersion)`.
+fn parse_continue(token: &str) -> Option<(usize, u64)> {
+    let (rv, offset) = token.split_once(':')?;
+    Some((offset.parse().ok()?, rv.parse().ok()?))
 }
 
 /// Reads one request; `None` at a clean end of the stream.
@@ -677,9 +1527,12 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
 }
 
 fn answer(request: &Recorded, state: &State) -> (u16, Value) {
-    let expected = format!("Bearer {KUBECONFIG_TOKEN}");
-    if request.header("authorization") != Some(expected.as_str()) {
+    if !authorized(request) {
         return status(401, "Unauthorized", "Unauthorized");
+    }
+    let served = lock(&state.objects).served;
+    if served && let Some(answer) = objects_answer(request, state) {
+        return answer;
     }
     let known = [TOKEN_REVIEWS, ACCESS_REVIEWS, AUTH_CONFIGMAP];
     match (request.method.as_str(), request.path.as_str()) {
@@ -840,6 +1693,7 @@ fn configmap(state: &State) -> (u16, Value) {
 mod tests {
     use super::*;
     use crate::http;
+    use crate::util::{PATIENCE, eventually};
     use std::io::Read;
 
     fn post(fake: &FakeKubeApi, path: &str, body: &Value, token: &str) -> (u16, Value) {
@@ -978,5 +1832,267 @@ mod tests {
         assert!(matches!(open.read(&mut more), Ok(0) | Err(_)));
         fake.set_down(false).unwrap();
         assert_eq!(get().unwrap().status, 404);
+    }
+
+    /// A GET of the fake with its token and `accept`, answered as JSON.
+    fn get_objects(fake: &FakeKubeApi, path: &str, accept: &str) -> (u16, Value) {
+        let auth = format!("Bearer {KUBECONFIG_TOKEN}");
+        let r = http::get_with_headers(
+            fake.addr(),
+            path,
+            &[("Authorization", &auth), ("Accept", accept)],
+        )
+        .unwrap();
+        (r.status, serde_json::from_slice(&r.body).unwrap())
+    }
+
+    fn names(list: &Value) -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// A watch read chunk by chunk from a raw connection.
+    struct WatchReader(BufReader<TcpStream>);
+
+    impl WatchReader {
+        fn open(fake: &FakeKubeApi, path_and_query: &str) -> WatchReader {
+            let mut stream = TcpStream::connect(fake.addr()).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            write!(
+                stream,
+                "GET {path_and_query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \
+                 {KUBECONFIG_TOKEN}\r\nAccept: {ACCEPT_METADATA}\r\n\r\n"
+            )
+            .unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("transfer-encoding: chunked"),
+                "{head}"
+            );
+            WatchReader(reader)
+        }
+
+        /// The next event, `None` at the end of the body.
+        fn next(&mut self) -> Option<Value> {
+            let mut size = String::new();
+            self.0.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut data = vec![0; size + 2];
+            self.0.read_exact(&mut data).unwrap();
+            (size > 0).then(|| serde_json::from_slice(&data[..size]).unwrap())
+        }
+
+        /// `type` and `metadata.name` of the next event.
+        fn next_event(&mut self) -> (String, String) {
+            let event = self.next().expect("an event, not the end of the watch");
+            (
+                event["type"].as_str().unwrap().to_owned(),
+                event["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+    }
+
+    const ACCEPT_METADATA: &str =
+        "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+
+    #[test]
+    fn serves_discovery_and_lists_in_both_shapes_with_pages() {
+        let fake = FakeKubeApi::start_with_objects();
+        fake.set_pod("default", "web-0", &[("app", "web")]);
+        fake.set_pod("default", "web-1", &[("app", "web"), ("tier", "back")]);
+        fake.set_pod("other", "api-0", &[("app", "api")]);
+        let json = "application/json";
+
+        let (code, api) = get_objects(&fake, "/api", json);
+        assert_eq!(
+            (code, &api["kind"], &api["versions"]),
+            (200, &json!("APIVersions"), &json!(["v1"]))
+        );
+        let (_, v1) = get_objects(&fake, "/api/v1", json);
+        assert_eq!(v1["kind"], "APIResourceList");
+        let pods = v1["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods")
+            .unwrap();
+        assert_eq!(
+            (&pods["namespaced"], &pods["kind"]),
+            (&json!(true), &json!("Pod"))
+        );
+        assert!(pods["verbs"].as_array().unwrap().contains(&json!("watch")));
+        let (_, apis) = get_objects(&fake, "/apis", json);
+        assert_eq!(
+            (&apis["kind"], &apis["groups"]),
+            (&json!("APIGroupList"), &json!([]))
+        );
+
+        let (code, full) = get_objects(&fake, PODS, json);
+        assert_eq!(
+            (code, &full["kind"], &full["apiVersion"]),
+            (200, &json!("PodList"), &json!("v1"))
+        );
+        assert_eq!(names(&full), ["web-0", "web-1", "api-0"]);
+        assert_eq!(full["items"][0]["spec"]["containers"][0]["name"], "app");
+        let rv = fake.resource_version();
+        // Creating a pod in a new namespace created the namespace first.
+        assert_eq!(rv, FIRST_RESOURCE_VERSION + 5);
+        assert_eq!(full["metadata"]["resourceVersion"], rv.to_string());
+
+        let accept = format!("{ACCEPT_METADATA_LIST},application/json");
+        let (_, meta) = get_objects(&fake, "/api/v1/namespaces/default/pods", &accept);
+        assert_eq!(
+            (&meta["kind"], &meta["apiVersion"]),
+            (
+                &json!("PartialObjectMetadataList"),
+                &json!("meta.k8s.io/v1")
+            )
+        );
+        assert_eq!(names(&meta), ["web-0", "web-1"]);
+        assert_eq!(meta["items"][1]["kind"], "PartialObjectMetadata");
+        assert_eq!(
+            meta["items"][1]["metadata"]["labels"],
+            json!({"app": "web", "tier": "back"})
+        );
+        assert!(meta["items"][1].get("spec").is_none());
+
+        let (_, namespaces) = get_objects(&fake, NAMESPACES, json);
+        assert_eq!(namespaces["kind"], "NamespaceList");
+        assert_eq!(names(&namespaces), ["default", "other"]);
+        assert_eq!(
+            namespaces["items"][0]["metadata"]["labels"],
+            json!({"kubernetes.io/metadata.name": "default"})
+        );
+
+        // Pages of two, the token percent-encoded as kube-rs sends it.
+        let (_, first) = get_objects(&fake, &format!("{PODS}?&limit=2"), &accept);
+        assert_eq!(first["items"].as_array().unwrap().len(), 2);
+        assert_eq!(first["metadata"]["remainingItemCount"], 1);
+        let token = first["metadata"]["continue"].as_str().unwrap();
+        fake.set_pod("default", "web-2", &[]);
+        let (_, second) = get_objects(
+            &fake,
+            &format!("{PODS}?&limit=2&continue={}", http::url_encode(token)),
+            &accept,
+        );
+        // Later pages keep the first page's version (a watch from it replays what changed
+        // since; unlike kube-apiserver, the pages are not one snapshot).
+        assert_eq!(second["metadata"]["resourceVersion"], rv.to_string());
+        assert!(second["metadata"].get("continue").is_none(), "{second}");
+        assert_eq!(second["items"].as_array().unwrap().len(), 2);
+
+        assert_eq!(
+            get_objects(&fake, &format!("{PODS}?labelSelector=app%3Dweb"), json).0,
+            400
+        );
+        let r = http::get(fake.addr(), PODS).unwrap();
+        assert_eq!(r.status, 401);
+        let lists = fake.lists_of(Resource::Pods);
+        assert_eq!(lists.len(), 6, "{lists:?}");
+        assert_eq!(lists[3].param("continue").as_deref(), Some(token));
+        assert!(fake.watches_of(Resource::Pods).is_empty());
+    }
+
+    #[test]
+    fn watches_replay_then_stream_changes_and_bookmarks() {
+        let fake = FakeKubeApi::start_with_objects();
+        fake.set_pod("default", "web-0", &[("app", "web")]);
+        let listed = fake.resource_version();
+        // Changed after the list: replayed to a watch from the list's version.
+        fake.set_pod("default", "web-1", &[("app", "web")]);
+        let mut watch = WatchReader::open(
+            &fake,
+            &format!(
+                "{PODS}?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion={listed}"
+            ),
+        );
+        assert_eq!(watch.next_event(), ("ADDED".to_owned(), "web-1".to_owned()));
+        eventually("the watch to be registered", PATIENCE, || {
+            ensure!(fake.open_watches(Resource::Pods) == 1);
+            Ok(())
+        });
+        fake.set_pod("default", "web-0", &[("app", "web"), ("canary", "true")]);
+        let event = watch.next().unwrap();
+        assert_eq!(event["type"], "MODIFIED");
+        assert_eq!(event["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(event["object"]["metadata"]["labels"]["canary"], "true");
+        fake.delete_pod("default", "web-1").unwrap();
+        assert_eq!(
+            watch.next_event(),
+            ("DELETED".to_owned(), "web-1".to_owned())
+        );
+        // Namespaces are another resource: not on this watch.
+        fake.set_namespace("quiet", &[]);
+        let rv = fake.bookmark();
+        let bookmark = watch.next().unwrap();
+        assert_eq!(bookmark["type"], "BOOKMARK");
+        assert_eq!(
+            bookmark["object"]["metadata"]["resourceVersion"],
+            rv.to_string()
+        );
+        fake.end_watches();
+        assert!(watch.next().is_none(), "the watch should have ended");
+        assert_eq!(fake.open_watches(Resource::Pods), 0);
+        assert_eq!(fake.watches_of(Resource::Pods).len(), 1);
+
+        // Without a version: every object as ADDED; then the time limit ends it with a
+        // bookmark.
+        fake.set_watch_limit(Duration::from_millis(300));
+        let mut watch = WatchReader::open(
+            &fake,
+            "/api/v1/namespaces/default/pods?watch=1&allowWatchBookmarks=true",
+        );
+        assert_eq!(watch.next_event(), ("ADDED".to_owned(), "web-0".to_owned()));
+        assert_eq!(watch.next_event().0, "BOOKMARK");
+        assert!(watch.next().is_none());
+    }
+
+    #[test]
+    fn holds_lists_until_released() {
+        let fake = Arc::new(FakeKubeApi::start_with_objects());
+        fake.set_pod("default", "web-0", &[]);
+        fake.hold_lists(true);
+        let lister = Arc::clone(&fake);
+        let list = thread::spawn(move || get_objects(&lister, PODS, "application/json"));
+        eventually("the list to be held", PATIENCE, || {
+            ensure!(fake.held_lists() == 1, "{} held", fake.held_lists());
+            Ok(())
+        });
+        // Discovery is not held.
+        assert_eq!(get_objects(&fake, "/api/v1", "application/json").0, 200);
+        assert!(!list.is_finished());
+        fake.hold_lists(false);
+        let (code, body) = list.join().unwrap();
+        assert_eq!((code, names(&body)), (200, vec!["web-0".to_owned()]));
+        assert_eq!(fake.held_lists(), 0);
+    }
+
+    #[test]
+    fn decodes_query_parameters() {
+        let params = query_params("&watch=true&continue=12%3A500&labelSelector=a+in+(b)&x");
+        assert_eq!(params["watch"], "true");
+        assert_eq!(params["continue"], "12:500");
+        assert_eq!(params["labelSelector"], "a in (b)");
+        assert_eq!(params["x"], "");
     }
 }

@@ -27,9 +27,10 @@
 //!   certificate), raw HTTPS requests through `openssl s_client` and `curl`, and a runner for
 //!   one-shot programs.
 //! - [`kubeapi`]: [`kubeapi::FakeKubeApi`], a fake kube-apiserver answering TokenReviews,
-//!   SubjectAccessReviews and the `extension-apiserver-authentication` ConfigMap, recording
-//!   every request.
+//!   SubjectAccessReviews and the `extension-apiserver-authentication` ConfigMap, and (opt-in)
+//!   discovery, lists and watches of pods and namespaces; it records every request.
 //! - [`pki`]: [`pki::Pki`], the CAs and certificates of the auth tests (made with `rcgen`).
+//! - [`metrics_api`]: the adapter tests' metrics-API paths, series, answer checks and `render`.
 //! - [`victoria`]: [`victoria::VictoriaMetrics`], a real VictoriaMetrics scraping the exporter,
 //!   its Prometheus-compatible query API, stopped and restarted on the same port and data.
 
@@ -40,6 +41,7 @@ pub mod exposition;
 pub mod http;
 pub mod kubeapi;
 pub mod kubectl;
+pub mod metrics_api;
 pub mod pki;
 pub mod process;
 pub mod prom;

@@ -1,4 +1,6 @@
-//! A real Prometheus server as a child process, its query API, and `promtool`.
+//! A real Prometheus server as a child process, its query API, and `promtool`; the query,
+//! start, readiness and stop helpers serve any Prometheus-compatible server (VictoriaMetrics
+//! too).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,7 +14,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::exposition::render_key;
-use crate::http::{self, url_encode};
+use crate::http::{self, HttpResponse, url_encode};
 use crate::process::ChildGuard;
 use crate::util::{PATIENCE, eventually, free_tcp_port, parse_value, require_program, scaled};
 
@@ -113,26 +115,15 @@ impl Prometheus {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        // The port is free at this instant; another process could take it before Prometheus
-        // binds, in which case Prometheus exits and we retry with another one.
-        for attempt in 1..=3 {
-            let port = free_tcp_port().expect("finding a free port");
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            match spawn_ready(&program, dir.path(), addr) {
-                Ok(child) => {
-                    return Prometheus {
-                        child,
-                        addr,
-                        job: job.to_owned(),
-                        program,
-                        dir,
-                    };
-                }
-                Err(e) if attempt < 3 => eprintln!("prometheus did not start, retrying: {e:#}"),
-                Err(e) => panic!("prometheus did not start: {e:#}"),
-            }
+        let (child, addr) =
+            spawn_on_free_port("prometheus", |addr| spawn_ready(&program, dir.path(), addr));
+        Prometheus {
+            child,
+            addr,
+            job: job.to_owned(),
+            program,
+            dir,
         }
-        unreachable!("the loop returns or panics")
     }
 
     /// The name of the scrape job.
@@ -156,15 +147,7 @@ impl Prometheus {
     /// # Panics
     /// When it is not running, or still running 30 s (scaled) after SIGTERM.
     pub fn stop(&mut self) {
-        if let Err(e) = self.child.signal("TERM") {
-            panic!("stopping prometheus: {e:#}");
-        }
-        match self.child.wait_timeout(scaled(Duration::from_secs(30))) {
-            Ok(Some(_)) => {}
-            // The guard prints the log tail as the panic unwinds.
-            Ok(None) => panic!("prometheus still running 30 s after SIGTERM"),
-            Err(e) => panic!("waiting for prometheus to exit: {e:#}"),
-        }
+        terminate(&self.child, "prometheus");
     }
 
     /// Starts Prometheus again on the same port with the same config and data directory
@@ -174,15 +157,9 @@ impl Prometheus {
     /// When it is still running, or it does not become ready (e.g. another process took the
     /// port meanwhile).
     pub fn restart(&mut self) {
-        match self.child.try_status() {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("restart: prometheus is still running; stop it first"),
-            Err(e) => panic!("restart: polling prometheus: {e:#}"),
-        }
-        match spawn_ready(&self.program, self.dir.path(), self.addr) {
-            Ok(child) => self.child = child,
-            Err(e) => panic!("prometheus did not restart on {}: {e:#}", self.addr),
-        }
+        respawn(&mut self.child, "prometheus", self.addr, |addr| {
+            spawn_ready(&self.program, self.dir.path(), addr)
+        });
     }
 
     /// The address of Prometheus' web server.
@@ -197,47 +174,23 @@ impl Prometheus {
 
     /// Runs an instant query and returns its vector result.
     pub fn query(&self, promql: &str) -> Result<Vec<Sample>> {
-        self.query_path(
-            promql,
-            format!("/api/v1/query?query={}", url_encode(promql)),
-        )
+        instant_query(self.addr, promql)
     }
 
     /// Runs an instant query evaluated at `time` (Unix seconds) and returns its vector result.
     pub fn query_at(&self, promql: &str, time: f64) -> Result<Vec<Sample>> {
-        let path = format!("/api/v1/query?query={}&time={time:.3}", url_encode(promql));
-        self.query_path(promql, path)
-            .with_context(|| format!("evaluated at {time:.3}"))
-    }
-
-    fn query_path(&self, promql: &str, path: String) -> Result<Vec<Sample>> {
-        let response = http::get(self.addr, &path)?;
-        let body = response.text()?;
-        anyhow::ensure!(
-            response.status == 200,
-            "query {promql:?}: HTTP {}: {body}",
-            response.status
-        );
-        parse_vector(&body).with_context(|| format!("query {promql:?}"))
+        instant_query_at(self.addr, promql, time)
     }
 
     /// Runs an instant query and returns its samples keyed by [`Sample::key`].
     pub fn query_map(&self, promql: &str) -> Result<BTreeMap<String, f64>> {
-        let mut map = BTreeMap::new();
-        for s in self.query(promql)? {
-            let key = s.key();
-            if map.insert(key.clone(), s.value).is_some() {
-                bail!("query {promql:?} returned {key} twice (differing only in job/instance)");
-            }
-        }
-        Ok(map)
+        instant_query_map(self.addr, promql)
     }
 
     /// How many targets of the scrape job (`bridge` after [`Prometheus::start`]) are up
     /// (`up{job="<job>"} == 1`).
     pub fn targets_up(&self) -> Result<usize> {
-        let samples = self.query(&format!("up{{job=\"{}\"}}", self.job))?;
-        Ok(samples.iter().filter(|s| s.value == 1.0).count())
+        count_targets_up(self.addr, &self.job)
     }
 
     /// Waits until `n` targets of the scrape job are up.
@@ -255,19 +208,140 @@ impl Prometheus {
     }
 }
 
-/// Retries `f` until it succeeds, failing fast (as an error) if the child exits.
-fn eventually_or_exit(child: &ChildGuard, mut f: impl FnMut() -> Result<()>) -> Result<()> {
+/// Runs an instant query on the Prometheus-compatible HTTP API at `addr` (Prometheus,
+/// VictoriaMetrics) and returns its vector result.
+pub fn instant_query(addr: SocketAddr, promql: &str) -> Result<Vec<Sample>> {
+    query_path(
+        addr,
+        promql,
+        &format!("/api/v1/query?query={}", url_encode(promql)),
+    )
+}
+
+/// [`instant_query`] evaluated at `time` (Unix seconds).
+pub fn instant_query_at(addr: SocketAddr, promql: &str, time: f64) -> Result<Vec<Sample>> {
+    let path = format!("/api/v1/query?query={}&time={time:.3}", url_encode(promql));
+    query_path(addr, promql, &path).with_context(|| format!("evaluated at {time:.3}"))
+}
+
+fn query_path(addr: SocketAddr, promql: &str, path: &str) -> Result<Vec<Sample>> {
+    let response = http::get(addr, path)?;
+    let body = response.text()?;
+    anyhow::ensure!(
+        response.status == 200,
+        "query {promql:?}: HTTP {}: {body}",
+        response.status
+    );
+    parse_vector(&body).with_context(|| format!("query {promql:?}"))
+}
+
+/// [`instant_query`], its samples keyed by [`Sample::key`]; an error when two samples differ
+/// only in `job`/`instance`.
+pub fn instant_query_map(addr: SocketAddr, promql: &str) -> Result<BTreeMap<String, f64>> {
+    let mut map = BTreeMap::new();
+    for s in instant_query(addr, promql)? {
+        let key = s.key();
+        if map.insert(key.clone(), s.value).is_some() {
+            bail!("query {promql:?} returned {key} twice (differing only in job/instance)");
+        }
+    }
+    Ok(map)
+}
+
+/// How many targets of the scrape job `job` are up (`up{job="<job>"} == 1`), asked of the
+/// Prometheus-compatible HTTP API at `addr`.
+pub fn count_targets_up(addr: SocketAddr, job: &str) -> Result<usize> {
+    let samples = instant_query(addr, &format!("up{{job=\"{job}\"}}"))?;
+    Ok(samples.iter().filter(|s| s.value == 1.0).count())
+}
+
+/// Starts a server (`name` in messages) on a free loopback port with `spawn`, which must
+/// return once it is ready. The port is free when picked, but another process could take it
+/// before the server binds, in which case the server exits and this retries with another
+/// port (three attempts in all).
+///
+/// # Panics
+/// When the third attempt fails too.
+pub fn spawn_on_free_port(
+    name: &str,
+    mut spawn: impl FnMut(SocketAddr) -> Result<ChildGuard>,
+) -> (ChildGuard, SocketAddr) {
+    for attempt in 1..=3 {
+        let port = free_tcp_port().expect("finding a free port");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        match spawn(addr) {
+            Ok(child) => return (child, addr),
+            Err(e) if attempt < 3 => eprintln!("{name} did not start, retrying: {e:#}"),
+            Err(e) => panic!("{name} did not start: {e:#}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
+}
+
+/// Waits until `GET path` on `addr` answers 200 and `ready` holds for the answer, failing fast
+/// (as an error) if `child` exits; an error with the last answer when it is not ready within
+/// [`PATIENCE`] (scaled).
+pub fn wait_http_ready(
+    child: &ChildGuard,
+    addr: SocketAddr,
+    path: &str,
+    ready: impl Fn(&HttpResponse) -> bool,
+) -> Result<()> {
     let start = std::time::Instant::now();
-    let limit = crate::util::scaled(PATIENCE);
+    let limit = scaled(PATIENCE);
     loop {
         child.ensure_running()?;
-        match f() {
-            Ok(()) => return Ok(()),
-            Err(e) if start.elapsed() >= limit => {
-                return Err(e.context(format!("not ready after {limit:?}")));
-            }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        let last = match http::get(addr, path) {
+            Ok(r) if r.status == 200 && ready(&r) => return Ok(()),
+            Ok(r) => anyhow::anyhow!(
+                "{path} answered {} {:?}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ),
+            Err(e) => e,
+        };
+        if start.elapsed() >= limit {
+            return Err(last.context(format!("not ready after {limit:?}")));
         }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops `child` (`name` in messages) with SIGTERM and waits for it to exit.
+///
+/// # Panics
+/// When it is not running, or still running 30 s (scaled) after SIGTERM.
+pub fn terminate(child: &ChildGuard, name: &str) {
+    if let Err(e) = child.signal("TERM") {
+        panic!("stopping {name}: {e:#}");
+    }
+    match child.wait_timeout(scaled(Duration::from_secs(30))) {
+        Ok(Some(_)) => {}
+        // The guard prints the log tail as the panic unwinds.
+        Ok(None) => panic!("{name} still running 30 s after SIGTERM"),
+        Err(e) => panic!("waiting for {name} to exit: {e:#}"),
+    }
+}
+
+/// Starts a stopped server (`name` in messages) again on `addr` with `spawn`, which must
+/// return once it is ready, and puts it in `child`.
+///
+/// # Panics
+/// When `child` is still running, or the new process does not become ready.
+pub fn respawn(
+    child: &mut ChildGuard,
+    name: &str,
+    addr: SocketAddr,
+    spawn: impl FnOnce(SocketAddr) -> Result<ChildGuard>,
+) {
+    match child.try_status() {
+        Ok(Some(_)) => {}
+        Ok(None) => panic!("restart: {name} is still running; stop it first"),
+        Err(e) => panic!("restart: polling {name}: {e:#}"),
+    }
+    match spawn(addr) {
+        Ok(new) => *child = new,
+        Err(e) => panic!("{name} did not restart on {addr}: {e:#}"),
     }
 }
 
@@ -304,11 +378,7 @@ fn spawn_ready(program: &Path, dir: &Path, addr: SocketAddr) -> Result<ChildGuar
         .arg("--log.level=warn")
         .current_dir(dir);
     let child = ChildGuard::spawn("prometheus", cmd).context("starting prometheus")?;
-    eventually_or_exit(&child, || {
-        let r = http::get(addr, "/-/ready")?;
-        anyhow::ensure!(r.status == 200, "/-/ready answered {}", r.status);
-        Ok(())
-    })?;
+    wait_http_ready(&child, addr, "/-/ready", |_| true)?;
     Ok(child)
 }
 

@@ -4,6 +4,7 @@
 
 mod adapter;
 mod adapter_auth;
+mod adapter_objects;
 mod adapter_vm;
 mod bridge;
 mod listeners;

@@ -27,16 +27,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::http::{self, url_encode};
 use crate::process::ChildGuard;
-use crate::prom::{Sample, parse_vector};
-use crate::util::{PATIENCE, eventually, free_tcp_port, require_program, scaled};
+use crate::prom::{
+    Sample, count_targets_up, instant_query, instant_query_at, instant_query_map, respawn,
+    spawn_on_free_port, terminate, wait_http_ready,
+};
+use crate::util::{PATIENCE, eventually, require_program};
 
 /// The install hint for `victoria-metrics`.
 pub const VICTORIA_METRICS_HINT: &str = "apt-get install victoria-metrics";
@@ -65,28 +67,16 @@ impl VictoriaMetrics {
             .expect("creating a temp dir for victoria-metrics");
         std::fs::write(config_path(dir.path()), scrape_config(job, targets))
             .expect("writing scrape.yml");
-        // The port is free at this instant; another process could take it before
-        // VictoriaMetrics binds, in which case it exits and we retry with another one.
-        for attempt in 1..=3 {
-            let port = free_tcp_port().expect("finding a free port");
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            match spawn_ready(&program, dir.path(), addr) {
-                Ok(child) => {
-                    return VictoriaMetrics {
-                        child,
-                        addr,
-                        job: job.to_owned(),
-                        program,
-                        dir,
-                    };
-                }
-                Err(e) if attempt < 3 => {
-                    eprintln!("victoria-metrics did not start, retrying: {e:#}");
-                }
-                Err(e) => panic!("victoria-metrics did not start: {e:#}"),
-            }
+        let (child, addr) = spawn_on_free_port("victoria-metrics", |addr| {
+            spawn_ready(&program, dir.path(), addr)
+        });
+        VictoriaMetrics {
+            child,
+            addr,
+            job: job.to_owned(),
+            program,
+            dir,
         }
-        unreachable!("the loop returns or panics")
     }
 
     /// The name of the scrape job.
@@ -126,15 +116,7 @@ impl VictoriaMetrics {
     /// # Panics
     /// When it is not running, or still running 30 s (scaled) after SIGTERM.
     pub fn stop(&mut self) {
-        if let Err(e) = self.child.signal("TERM") {
-            panic!("stopping victoria-metrics: {e:#}");
-        }
-        match self.child.wait_timeout(scaled(Duration::from_secs(30))) {
-            Ok(Some(_)) => {}
-            // The guard prints the log tail as the panic unwinds.
-            Ok(None) => panic!("victoria-metrics still running 30 s after SIGTERM"),
-            Err(e) => panic!("waiting for victoria-metrics to exit: {e:#}"),
-        }
+        terminate(&self.child, "victoria-metrics");
     }
 
     /// Starts VictoriaMetrics again on the same port with the same config and data directory
@@ -144,53 +126,24 @@ impl VictoriaMetrics {
     /// When it is still running, or it does not become ready (e.g. another process took the
     /// port meanwhile).
     pub fn restart(&mut self) {
-        match self.child.try_status() {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("restart: victoria-metrics is still running; stop it first"),
-            Err(e) => panic!("restart: polling victoria-metrics: {e:#}"),
-        }
-        match spawn_ready(&self.program, self.dir.path(), self.addr) {
-            Ok(child) => self.child = child,
-            Err(e) => panic!("victoria-metrics did not restart on {}: {e:#}", self.addr),
-        }
+        respawn(&mut self.child, "victoria-metrics", self.addr, |addr| {
+            spawn_ready(&self.program, self.dir.path(), addr)
+        });
     }
 
     /// Runs an instant query (evaluated now) and returns its vector result.
     pub fn query(&self, promql: &str) -> Result<Vec<Sample>> {
-        self.query_path(
-            promql,
-            format!("/api/v1/query?query={}", url_encode(promql)),
-        )
+        instant_query(self.addr, promql)
     }
 
     /// Runs an instant query evaluated at `time` (Unix seconds) and returns its vector result.
     pub fn query_at(&self, promql: &str, time: f64) -> Result<Vec<Sample>> {
-        let path = format!("/api/v1/query?query={}&time={time:.3}", url_encode(promql));
-        self.query_path(promql, path)
-            .with_context(|| format!("evaluated at {time:.3}"))
-    }
-
-    fn query_path(&self, promql: &str, path: String) -> Result<Vec<Sample>> {
-        let response = http::get(self.addr, &path)?;
-        let body = response.text()?;
-        anyhow::ensure!(
-            response.status == 200,
-            "query {promql:?}: HTTP {}: {body}",
-            response.status
-        );
-        parse_vector(&body).with_context(|| format!("query {promql:?}"))
+        instant_query_at(self.addr, promql, time)
     }
 
     /// Runs an instant query and returns its samples keyed by [`Sample::key`].
     pub fn query_map(&self, promql: &str) -> Result<BTreeMap<String, f64>> {
-        let mut map = BTreeMap::new();
-        for s in self.query(promql)? {
-            let key = s.key();
-            if map.insert(key.clone(), s.value).is_some() {
-                bail!("query {promql:?} returned {key} twice (differing only in job/instance)");
-            }
-        }
-        Ok(map)
+        instant_query_map(self.addr, promql)
     }
 
     /// `/api/v1/series` with one `match[]`: the label sets of the matching series (no time
@@ -222,8 +175,7 @@ impl VictoriaMetrics {
 
     /// How many targets of the scrape job are up (`up{job="<job>"} == 1`).
     pub fn targets_up(&self) -> Result<usize> {
-        let samples = self.query(&format!("up{{job=\"{}\"}}", self.job))?;
-        Ok(samples.iter().filter(|s| s.value == 1.0).count())
+        count_targets_up(self.addr, &self.job)
     }
 
     /// Waits until `n` targets of the scrape job are up.
@@ -274,26 +226,10 @@ fn spawn_ready(program: &Path, dir: &Path, addr: SocketAddr) -> Result<ChildGuar
         .arg("-loggerLevel=WARN")
         .current_dir(dir);
     let child = ChildGuard::spawn("victoria-metrics", cmd).context("starting victoria-metrics")?;
-    let limit = scaled(PATIENCE);
-    let start = std::time::Instant::now();
-    loop {
-        child.ensure_running()?;
-        let last = match http::get(addr, "/health") {
-            Ok(r) if r.status == 200 && r.text().is_ok_and(|t| t.trim() == "OK") => {
-                return Ok(child);
-            }
-            Ok(r) => anyhow::anyhow!(
-                "/health answered {} {:?}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            ),
-            Err(e) => e,
-        };
-        if start.elapsed() >= limit {
-            return Err(last.context(format!("not ready after {limit:?}")));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_http_ready(&child, addr, "/health", |r| {
+        r.text().is_ok_and(|t| t.trim() == "OK")
+    })?;
+    Ok(child)
 }
 
 /// Parses a `/api/v1/series` JSON answer: the label sets, `__name__` included.
