@@ -25,6 +25,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prom_adapter::kube_client::ClientError;
 use prom_adapter::objects::{
     ObjectResolver, ObjectsError, ObjectsMetrics, StartError, WatchCache, client, client_from,
 };
@@ -1179,7 +1180,7 @@ async fn a_kubeconfig_names_the_cluster() {
         panic!("a missing kubeconfig is an error");
     };
     assert!(
-        matches!(&err, StartError::Kubeconfig { path, .. } if *path == missing),
+        matches!(&err, StartError::Config(ClientError::Kubeconfig { path, .. }) if *path == missing),
         "{err}"
     );
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -31,20 +31,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a call to kube-apiserver failed, or a client for it could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KubeError {
-    /// A kubeconfig file could not be read or used.
-    #[error("kubeconfig {}: {reason}", path.display())]
-    Kubeconfig {
-        /// The file.
-        path: PathBuf,
-        /// The error chain, flattened.
-        reason: String,
-    },
-    /// The in-cluster configuration (service account token and CA) could not be loaded.
-    #[error("in-cluster kubernetes configuration: {reason}")]
-    InCluster {
-        /// The error chain, flattened.
-        reason: String,
-    },
+    /// No client: a kubeconfig or the in-cluster configuration could not be used.
+    #[error(transparent)]
+    Config(#[from] ClientError),
     /// kube-apiserver could not be reached, or its answer could not be read.
     #[error("kube-apiserver request failed: {reason}")]
     Transport {
@@ -68,16 +57,6 @@ pub enum KubeError {
         /// The `Status.message`.
         message: String,
     },
-}
-
-impl From<ClientError> for KubeError {
-    fn from(e: ClientError) -> Self {
-        match e {
-            ClientError::Kubeconfig { path, reason } => KubeError::Kubeconfig { path, reason },
-            ClientError::InCluster { reason } => KubeError::InCluster { reason },
-            ClientError::Client { reason } => KubeError::Transport { reason },
-        }
-    }
 }
 
 impl KubeError {
@@ -641,7 +620,7 @@ mod tests {
         let err = KubeAuth::new(Some(Path::new("/nonexistent/kubeconfig")), None)
             .await
             .unwrap_err();
-        let KubeError::Kubeconfig { path, .. } = &err else {
+        let KubeError::Config(ClientError::Kubeconfig { path, .. }) = &err else {
             panic!("{err}");
         };
         assert_eq!(path, Path::new("/nonexistent/kubeconfig"));

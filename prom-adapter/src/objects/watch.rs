@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,26 +47,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// Why the cache (or the client it watches with) could not be set up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StartError {
-    /// A kubeconfig file could not be read or used.
-    #[error("kubeconfig {}: {reason}", path.display())]
-    Kubeconfig {
-        /// The file.
-        path: PathBuf,
-        /// The error chain, flattened.
-        reason: String,
-    },
-    /// The in-cluster configuration (service account token and CA) could not be loaded.
-    #[error("in-cluster kubernetes configuration: {reason}")]
-    InCluster {
-        /// The error chain, flattened.
-        reason: String,
-    },
-    /// The client could not be built from a configuration.
-    #[error("kube-apiserver client: {reason}")]
-    Client {
-        /// The error chain, flattened.
-        reason: String,
-    },
+    /// No client: a kubeconfig or the in-cluster configuration could not be used.
+    #[error(transparent)]
+    Config(#[from] ClientError),
     /// A discovery document the cache needs could not be read: `/api/v1` (pods and
     /// namespaces are always watched) or `/apis`.
     #[error("kube-apiserver discovery ({document}): {reason}")]
@@ -98,16 +81,6 @@ pub fn client_from(config: kube::Config) -> Result<kube::Client, StartError> {
         READ_TIMEOUT,
         None,
     )?)
-}
-
-impl From<ClientError> for StartError {
-    fn from(e: ClientError) -> Self {
-        match e {
-            ClientError::Kubeconfig { path, reason } => StartError::Kubeconfig { path, reason },
-            ClientError::InCluster { reason } => StartError::InCluster { reason },
-            ClientError::Client { reason } => StartError::Client { reason },
-        }
-    }
 }
 
 /// Runs `call` for at most [`DISCOVERY_TIMEOUT`].
