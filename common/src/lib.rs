@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: strict TOML loading whose errors point at `file:line:col` and name the field.
+//! - [`files`]: atomic file writes (ready files, certificates).
 //! - [`units`]: durations (`"30s"`) and byte sizes (`"8MiB"`) as config values.
 //! - [`prom`]: Prometheus metric/label name sanitizing and exposition escaping.
 //! - [`telemetry`]: `tracing` subscriber setup (text or JSON, `RUST_LOG`-style filter).
@@ -16,6 +17,7 @@
 )]
 
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod prom;
 pub mod shutdown;

@@ -18,8 +18,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -910,29 +910,10 @@ fn generate(hosts: &[String]) -> Result<Generated, TlsError> {
 /// Writes `path` through a temporary file and a rename, so readers never see half a file and
 /// the key is never readable by others, not even briefly.
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    let write_error = |source| TlsError::Write {
+    crate::files::write_atomically(path, contents, mode).map_err(|source| TlsError::Write {
         path: path.to_owned(),
         source,
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(write_error(e)),
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(write_error)?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(write_error)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(write_error)
+    })
 }
 
 /// Displays an error and its sources as `outer: inner: …`, for log fields.

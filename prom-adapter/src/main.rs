@@ -168,7 +168,5 @@ fn main() -> ExitCode {
 }
 
 fn write_ready_file(path: &Path, body: &serde_json::Value) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body.to_string())?;
-    std::fs::rename(tmp, path)
+    common::files::write_atomically(path, body.to_string().as_bytes(), 0o644)
 }

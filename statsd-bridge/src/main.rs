@@ -33,9 +33,7 @@ fn load(cli: &Cli, file: Option<&Path>) -> Result<(Config, Vec<&'static str>), S
 }
 
 fn write_ready_file(path: &Path, body: &serde_json::Value) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body.to_string())?;
-    std::fs::rename(tmp, path)
+    common::files::write_atomically(path, body.to_string().as_bytes(), 0o644)
 }
 
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {
