@@ -20,7 +20,7 @@ use crate::rules::query::{self, Objects, QueryError, RenderedQuery, quote};
 use crate::rules::resources::GroupResource;
 use crate::rules::{EmptyPolicy, NonFinitePolicy, Rule, RuleSet};
 use crate::selector::Selector;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, now_unix};
 
 /// On-demand relists (for a metric not listed yet) run at most this often, so requests for
 /// a metric that doesn't exist can't turn into a relist each.
@@ -83,12 +83,6 @@ fn query_error(e: QueryError) -> ApiError {
         )),
         QueryError::Template(e) => ApiError::Internal(format!("metricsQuery: {e}")),
     }
-}
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl<P: PromApi> Provider<P> {
@@ -1075,10 +1069,14 @@ externalRules:
         }
     }
 
-    #[tokio::test]
-    async fn identical_concurrent_queries_are_coalesced() {
-        let (_, prom, _) = setup();
-        three_pods(&prom);
+    /// A provider over `prom` whose queries wait for the returned gate.
+    fn gated(
+        prom: &FakeProm,
+    ) -> (
+        Arc<Provider<GatedProm>>,
+        Arc<tokio::sync::Semaphore>,
+        Arc<Metrics>,
+    ) {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let metrics = Arc::new(Metrics::new());
         let rules = from_yaml(RULES, Path::new("t.yaml")).unwrap().0;
@@ -1091,6 +1089,14 @@ externalRules:
             Arc::clone(&metrics),
             Duration::from_secs(60),
         ));
+        (p, gate, metrics)
+    }
+
+    #[tokio::test]
+    async fn identical_concurrent_queries_are_coalesced() {
+        let (_, prom, _) = setup();
+        three_pods(&prom);
+        let (p, gate, metrics) = gated(&prom);
         p.relist().await;
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..10 {
@@ -1115,18 +1121,7 @@ externalRules:
     async fn a_cancelled_leader_hands_over_to_a_follower() {
         let (_, prom, _) = setup();
         three_pods(&prom);
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let metrics = Arc::new(Metrics::new());
-        let rules = from_yaml(RULES, Path::new("t.yaml")).unwrap().0;
-        let p = Arc::new(Provider::new(
-            GatedProm {
-                inner: prom.clone(),
-                gate: Arc::clone(&gate),
-            },
-            Arc::new(rules),
-            Arc::clone(&metrics),
-            Duration::from_secs(60),
-        ));
+        let (p, gate, metrics) = gated(&prom);
         p.relist().await;
         let leader = {
             let p = Arc::clone(&p);

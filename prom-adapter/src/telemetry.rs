@@ -5,6 +5,13 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Now as Unix seconds, for timestamp gauges and answers made up without a sample.
+pub fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Every self-metric the adapter exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {

@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -30,6 +30,7 @@ use super::{ObjectRef, ObjectResolver, ObjectsError, ObjectsMetrics, normalise};
 use crate::kube_client::{self, ClientError, flatten};
 use crate::rules::resources::GroupResource;
 use crate::selector::Selector;
+use crate::telemetry::now_unix;
 
 /// How long one discovery request may take.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -381,12 +382,6 @@ fn object_ref(object: PartialObjectMeta<DynamicObject>) -> ObjectRef {
 /// depend on.)
 async fn next<S: WatchStreamExt + Unpin>(stream: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
-}
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Feeds `shard` from a watcher until `stop`.
