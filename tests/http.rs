@@ -55,20 +55,15 @@ pub fn post(addr: SocketAddr, path_and_query: &str) -> Result<HttpResponse> {
     request(addr, "POST", path_and_query, &[], b"")
 }
 
-/// Sends one request (`Connection: close`) and reads the whole response.
-///
-/// Unless `headers` names an `Accept-Encoding`, the request asks for `identity`.
-pub fn request(
+/// One HTTP/1.1 request with `Connection: close`, as bytes; it asks for `identity` unless
+/// `headers` names an `Accept-Encoding`.
+pub fn encode_request(
     addr: SocketAddr,
     method: &str,
     path_and_query: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+) -> Vec<u8> {
     let mut request = format!(
         "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: \
          pipeline-tests\r\n"
@@ -86,8 +81,26 @@ pub fn request(
         request.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     request.push_str("\r\n");
-    let mut raw_request = request.into_bytes();
-    raw_request.extend_from_slice(body);
+    let mut raw = request.into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+/// Sends one request (`Connection: close`) and reads the whole response.
+///
+/// Unless `headers` names an `Accept-Encoding`, the request asks for `identity`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let raw_request = encode_request(addr, method, path_and_query, headers, body);
     stream
         .write_all(&raw_request)
         .with_context(|| format!("writing to {addr}"))?;

@@ -346,25 +346,7 @@ pub fn tls_request(
     body: &[u8],
 ) -> Result<HttpResponse> {
     let openssl = require_program("openssl", OPENSSL_HINT);
-    let mut request = format!(
-        "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: \
-         pipeline-tests\r\n"
-    );
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("accept-encoding"))
-    {
-        request.push_str("Accept-Encoding: identity\r\n");
-    }
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method != "GET" {
-        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    request.push_str("\r\n");
-    let mut raw = request.into_bytes();
-    raw.extend_from_slice(body);
+    let raw = http::encode_request(addr, method, path_and_query, headers, body);
     let mut cmd = Command::new(openssl);
     // `-quiet` implies `-ign_eof`: after sending stdin it reads until the server closes.
     cmd.args([
