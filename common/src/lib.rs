@@ -7,6 +7,8 @@
 //! - [`prom`]: Prometheus metric/label name sanitizing and exposition escaping.
 //! - [`telemetry`]: `tracing` subscriber setup (text or JSON, `RUST_LOG`-style filter).
 //! - [`http`]: a small hyper 1.x server loop with graceful shutdown.
+//! - [`kube_client`]: kube-rs clients from a kubeconfig or the in-cluster config (both binaries
+//!   watch the kube-apiserver: the adapter its objects, the bridge its node's pods).
 //! - [`tls`]: serving certificates (PEM or self-signed) and the rustls server config.
 //! - [`shutdown`]: one future that resolves on SIGTERM or SIGINT.
 #![deny(
@@ -19,6 +21,7 @@
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod kube_client;
 pub mod prom;
 pub mod shutdown;
 pub mod telemetry;

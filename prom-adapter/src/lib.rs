@@ -18,7 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod discovery;
-pub mod kube_client;
+pub use common::kube_client;
 pub mod objects;
 pub mod prom;
 pub mod provider;

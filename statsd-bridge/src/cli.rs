@@ -9,7 +9,7 @@ use common::telemetry::LogFormat;
 use common::units::ByteSize;
 use toml::Spanned;
 
-use crate::config::{BridgeConfig, parse_addr};
+use crate::config::{BridgeConfig, OriginMode, parse_addr};
 
 /// StatsD/DogStatsD in, Prometheus exposition out: a node agent for Kubernetes autoscaling.
 ///
@@ -154,6 +154,27 @@ pub struct Cli {
     #[arg(long = "no-web.enable-openmetrics")]
     pub no_enable_openmetrics: bool,
 
+    /// Where origin labels (the sender pod's `namespace`, `pod`, chosen pod labels) come
+    /// from: auto (kubernetes when running in a pod, else off), kubernetes (watch this
+    /// node's pods), static (the config's address table) or off. [bridge.origin.mode]
+    #[arg(long = "origin.mode", value_name = "MODE", value_enum)]
+    pub origin_mode: Option<OriginMode>,
+
+    /// The node whose pods give origin labels; default: the `NODE_NAME` environment
+    /// variable. [bridge.origin.node_name]
+    #[arg(long = "origin.node-name", value_name = "NODE")]
+    pub origin_node_name: Option<String>,
+
+    /// kubeconfig file for the pod watch; default: the in-cluster service account.
+    /// [bridge.origin.kubeconfig]
+    #[arg(long = "origin.kubeconfig", value_name = "FILE")]
+    pub origin_kubeconfig: Option<String>,
+
+    /// Where a unix socket sender's `<pid>/cgroup` is read (the host's /proc; needs
+    /// `hostPID: true`). [bridge.origin.proc_root]
+    #[arg(long = "origin.proc-root", value_name = "DIR")]
+    pub origin_proc_root: Option<String>,
+
     /// Log level: debug, info, warn or error. `RUST_LOG` overrides it. [bridge.log_level]
     #[arg(long = "log.level", value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -287,6 +308,18 @@ impl Cli {
         }
         if let Some(a) = &self.relay_address {
             b.relay_address = Spanned::new(0..0, a.clone());
+        }
+        if let Some(m) = self.origin_mode {
+            b.origin.mode = m;
+        }
+        if let Some(n) = &self.origin_node_name {
+            b.origin.node_name.clone_from(n);
+        }
+        if let Some(k) = &self.origin_kubeconfig {
+            b.origin.kubeconfig.clone_from(k);
+        }
+        if let Some(p) = &self.origin_proc_root {
+            b.origin.proc_root.clone_from(p);
         }
         if let Some(n) = self.relay_packet_length {
             b.relay_packet_length = Spanned::new(0..0, n);

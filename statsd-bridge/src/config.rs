@@ -14,6 +14,10 @@ use toml::Spanned;
 use crate::aggregate::{DEFAULT_BUCKETS, ObserverType, SignedGauge, StoreConfig, SummaryOptions};
 use crate::mapping::yaml::{self, Rule as MappingRule};
 use crate::mapping::{DefaultsSpec, Mapper, MappingError, MappingSpec, MatchType};
+use crate::origin::{
+    self,
+    table::{Cidr, StaticTable},
+};
 use crate::protocol::ParseOptions;
 
 /// The whole file as the bridge reads it: its own table, the adapter's table ignored.
@@ -124,6 +128,97 @@ pub struct BridgeConfig {
     pub log_level: Spanned<String>,
     /// Log format: `"text"` or `"json"`.
     pub log_format: LogFormat,
+    /// Origin detection: which pod sent a line, as labels (`[bridge.origin]`).
+    pub origin: OriginSection,
+}
+
+/// Where origin labels come from (`[bridge.origin] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginMode {
+    /// `kubernetes` when running in a pod (`KUBERNETES_SERVICE_HOST` is set), else `off`.
+    Auto,
+    /// Watch this node's pods; label series by the sender's pod.
+    Kubernetes,
+    /// Label series by the `[[bridge.origin.static]]` table of source addresses.
+    Static,
+    /// No origin labels.
+    Off,
+}
+
+/// Which label wins when a line's tag and the sender's origin label have the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precedence {
+    /// The line's tag (what the application said about itself).
+    Tags,
+    /// The origin label (what the node knows of the sender).
+    Origin,
+}
+
+/// `[bridge.origin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginSection {
+    /// `auto`, `kubernetes`, `static` or `off`.
+    pub mode: OriginMode,
+    /// Series of a deleted pod are removed this long after the pod is gone.
+    pub pod_ttl: Duration,
+    /// The node whose pods are watched; `""`: the `NODE_NAME` environment variable (set it
+    /// from the downward API's `spec.nodeName`).
+    pub node_name: String,
+    /// A kubeconfig file for the pod watch; `""`: the in-cluster service account.
+    pub kubeconfig: String,
+    /// Name of the label holding the sender pod's namespace.
+    pub namespace_label: Spanned<String>,
+    /// Name of the label holding the sender pod's name.
+    pub pod_label: Spanned<String>,
+    /// Pod label keys copied onto its series (`app`, `app.kubernetes.io/name`, …); the label
+    /// name is the key sanitized (`app_kubernetes_io_name`).
+    pub pod_labels: Spanned<Vec<String>>,
+    /// `tags` (a line's own tag wins over an origin label of the same name) or `origin`.
+    pub precedence: Precedence,
+    /// Where `<pid>/cgroup` of a unix socket sender is read; the bridge needs the host's PID
+    /// namespace (`hostPID: true`) to see its peers there.
+    pub proc_root: String,
+    /// The cgroup tree, where `|c:in-<inode>` fields are resolved.
+    pub cgroup_root: String,
+    /// Listeners wait this long for the first pod list before they read (so early lines
+    /// aren't left without labels); after it they read anyway.
+    pub sync_timeout: Duration,
+    /// `mode = "static"`: source address or CIDR → labels; the longest prefix wins.
+    #[serde(rename = "static")]
+    pub static_table: Vec<Spanned<StaticEntry>>,
+}
+
+/// One `[[bridge.origin.static]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticEntry {
+    /// An address (`10.1.2.3`) or a CIDR block (`10.1.0.0/16`), IPv4 or IPv6.
+    pub source: String,
+    /// The labels its senders' series get.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for OriginSection {
+    fn default() -> Self {
+        let s = |v: &str| Spanned::new(0..0, v.to_owned());
+        Self {
+            mode: OriginMode::Auto,
+            pod_ttl: Duration(std::time::Duration::from_secs(300)),
+            node_name: String::new(),
+            kubeconfig: String::new(),
+            namespace_label: s("namespace"),
+            pod_label: s("pod"),
+            pod_labels: Spanned::new(0..0, Vec::new()),
+            precedence: Precedence::Tags,
+            proc_root: "/proc".to_owned(),
+            cgroup_root: "/sys/fs/cgroup".to_owned(),
+            sync_timeout: Duration(std::time::Duration::from_secs(30)),
+            static_table: Vec::new(),
+        }
+    }
 }
 
 impl Default for BridgeConfig {
@@ -170,6 +265,7 @@ impl Default for BridgeConfig {
             shutdown_grace: Duration(std::time::Duration::from_secs(5)),
             log_level: s("info"),
             log_format: LogFormat::Text,
+            origin: OriginSection::default(),
         }
     }
 }
@@ -209,6 +305,8 @@ pub struct Config {
     pub mapping_override: Option<String>,
     /// HTTP address, parsed.
     pub web: SocketAddr,
+    /// The static origin table, parsed.
+    pub origin_table: StaticTable,
 }
 
 impl Config {
@@ -384,8 +482,10 @@ impl Config {
         }
         common::telemetry::directives_for_level(bridge.log_level.get_ref(), &[])
             .map_err(|e| err(bridge.log_level.span(), "bridge.log_level", e))?;
+        let origin_table = validate_origin(&bridge.origin, &err)?;
         let (mapping, mapping_warnings) = Self::mapping_spec(&bridge, src, path)?;
         Ok(Self {
+            origin_table,
             bridge,
             udp,
             tcp,
@@ -444,6 +544,57 @@ impl Config {
         Ok((spec, warnings))
     }
 
+    /// Origin detection's settings, with `auto` resolved and the node name taken from
+    /// `env` (`NODE_NAME`) when the file has none.
+    pub fn origin(&self, env: impl Fn(&str) -> Option<String>) -> Result<origin::Settings, String> {
+        let o = &self.bridge.origin;
+        let in_cluster = env("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+        let mode = match o.mode {
+            OriginMode::Auto if in_cluster => OriginMode::Kubernetes,
+            OriginMode::Auto => OriginMode::Off,
+            m => m,
+        };
+        let mode = match mode {
+            OriginMode::Off | OriginMode::Auto => origin::Mode::Off,
+            OriginMode::Static => origin::Mode::Static(self.origin_table.clone()),
+            OriginMode::Kubernetes => {
+                let node = Some(o.node_name.clone())
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| env("NODE_NAME").filter(|n| !n.is_empty()))
+                    .ok_or_else(|| {
+                        let why = if o.mode == OriginMode::Auto {
+                            "bridge.origin.mode is auto and this is a pod"
+                        } else {
+                            "bridge.origin.mode is kubernetes"
+                        };
+                        format!(
+                            "{why}, but the node is unknown: set NODE_NAME from the downward API \
+                             (fieldRef spec.nodeName), or bridge.origin.node_name, or set \
+                             bridge.origin.mode = \"off\""
+                        )
+                    })?;
+                origin::Mode::Kubernetes {
+                    node,
+                    kubeconfig: Some(PathBuf::from(&o.kubeconfig))
+                        .filter(|p| !p.as_os_str().is_empty()),
+                }
+            }
+        };
+        Ok(origin::Settings {
+            mode,
+            names: origin::LabelNames::new(
+                o.namespace_label.get_ref(),
+                o.pod_label.get_ref(),
+                o.pod_labels.get_ref(),
+            ),
+            pod_ttl: o.pod_ttl.0,
+            origin_wins: o.precedence == Precedence::Origin,
+            proc_root: PathBuf::from(&o.proc_root),
+            cgroup_root: PathBuf::from(&o.cgroup_root),
+            sync_timeout: o.sync_timeout.0,
+        })
+    }
+
     /// Store settings.
     pub fn store(&self) -> StoreConfig {
         store_config(&self.bridge)
@@ -471,6 +622,75 @@ impl Config {
             max_tag_length: *b.max_tag_length.get_ref(),
         }
     }
+}
+
+/// Checks `[bridge.origin]` and parses its static table.
+fn validate_origin(
+    o: &OriginSection,
+    err: &impl Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+) -> Result<StaticTable, ConfigError> {
+    for (name, field) in [
+        (&o.namespace_label, "bridge.origin.namespace_label"),
+        (&o.pod_label, "bridge.origin.pod_label"),
+    ] {
+        if !is_label_name(name.get_ref()) {
+            return Err(err(
+                name.span(),
+                field,
+                format!("`{}` is not a valid Prometheus label name", name.get_ref()),
+            ));
+        }
+    }
+    if o.namespace_label.get_ref() == o.pod_label.get_ref() {
+        return Err(err(
+            o.pod_label.span(),
+            "bridge.origin.pod_label",
+            "must differ from bridge.origin.namespace_label".to_owned(),
+        ));
+    }
+    if let Some(bad) = o.pod_labels.get_ref().iter().find(|k| k.is_empty()) {
+        return Err(err(
+            o.pod_labels.span(),
+            "bridge.origin.pod_labels",
+            format!("`{bad}`: empty pod label key"),
+        ));
+    }
+    let mut entries = Vec::new();
+    for (i, entry) in o.static_table.iter().enumerate() {
+        let field = format!("bridge.origin.static[{i}]");
+        let e = entry.get_ref();
+        let cidr =
+            Cidr::parse(&e.source).map_err(|m| err(entry.span(), &format!("{field}.source"), m))?;
+        if e.labels.is_empty() {
+            return Err(err(
+                entry.span(),
+                &format!("{field}.labels"),
+                "no labels".to_owned(),
+            ));
+        }
+        if let Some((k, _)) = e.labels.iter().find(|(k, _)| !is_label_name(k)) {
+            return Err(err(
+                entry.span(),
+                &format!("{field}.labels"),
+                format!("`{k}` is not a valid Prometheus label name"),
+            ));
+        }
+        let labels: Vec<(String, String)> = e.labels.clone().into_iter().collect();
+        entries.push((cidr, labels.into()));
+    }
+    if o.mode == OriginMode::Static && entries.is_empty() {
+        return Err(err(
+            0..0,
+            "bridge.origin.static",
+            "mode = \"static\" needs at least one [[bridge.origin.static]] entry".to_owned(),
+        ));
+    }
+    Ok(StaticTable::new(entries))
+}
+
+/// A label name Prometheus accepts that isn't reserved (`__*`).
+fn is_label_name(s: &str) -> bool {
+    common::prom::is_valid_name(s) && !s.contains(':') && !s.starts_with("__")
 }
 
 /// A mapping error as a config error (the position already names the file when known).

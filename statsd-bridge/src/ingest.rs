@@ -9,6 +9,7 @@ use crate::aggregate::{Outcome, Rejection, Scratch, Store, StoreConfig};
 use crate::mapping::{
     CacheUse, DefaultsSpec, Mapper, MapperHandle, MatchMetricType, MatchType, Resolver,
 };
+use crate::origin::{self, Origin, Sender};
 use crate::protocol::{self, Line, MetricType, ParseError, ParseOptions};
 use crate::relay::Relay;
 use crate::telemetry::{Telemetry, Transport};
@@ -46,6 +47,8 @@ pub struct Worker {
     pub cache_hits: u64,
     /// Mapping cache misses since the counters were last taken.
     pub cache_misses: u64,
+    /// Origin lookups with their caches, when origin detection is on.
+    pub origin: Option<origin::Cursor>,
     name: String,
 }
 
@@ -57,7 +60,26 @@ impl Worker {
             resolver: Resolver::new(handle, cache_size),
             cache_hits: 0,
             cache_misses: 0,
+            origin: None,
             name: String::new(),
+        }
+    }
+
+    /// Adds origin detection: each datagram's sender (and each line's `|c:` field) becomes
+    /// labels.
+    pub fn with_origin(mut self, origin: &Arc<Origin>) -> Self {
+        if origin.is_enabled() {
+            self.scratch.set_origin_wins(origin.origin_wins());
+            self.origin = Some(origin.cursor());
+        }
+        self
+    }
+
+    /// Sets the labels of the datagram's sender for the lines that follow.
+    pub fn set_sender(&mut self, sender: Sender, now: Instant) {
+        if let Some(cursor) = &mut self.origin {
+            let labels = cursor.sender(sender, now);
+            self.scratch.replace_origin(labels);
         }
     }
 
@@ -110,7 +132,17 @@ pub fn ingest_line(
             let Some(target) = resolution.target() else {
                 return LineResult::Dropped(Rejection::MappingDrop);
             };
-            match store.ingest_sample_to(&s, &target, scratch, now) {
+            // A known `|c:` container names the sender better than the socket does.
+            let by_container = match (s.container_id, &mut worker.origin) {
+                (Some(c), Some(cursor)) => cursor.container(c),
+                _ => None,
+            };
+            let datagram_origin = by_container.map(|l| scratch.replace_origin(Some(l)));
+            let result = store.ingest_sample_to(&s, &target, scratch, now);
+            if let Some(previous) = datagram_origin {
+                scratch.replace_origin(previous);
+            }
+            match result {
                 Ok(outcome) => LineResult::Accepted {
                     outcome,
                     kind: Some(s.kind),
@@ -145,6 +177,8 @@ pub struct Ingester {
     pub mapper: Arc<MapperHandle>,
     /// Mapping cache entries per listener thread.
     pub cache_size: usize,
+    /// Origin detection.
+    pub origin: Arc<Origin>,
     log_limit: RateLimit,
 }
 
@@ -165,21 +199,41 @@ impl Ingester {
             relay,
             mapper,
             cache_size,
+            origin: Arc::new(Origin::off()),
             log_limit: RateLimit::new(1_000),
         }
     }
 
-    /// A worker for one listener thread or connection.
-    pub fn worker(&self) -> Worker {
-        Worker::new(Arc::clone(&self.mapper), self.cache_size)
+    /// Adds origin detection to every worker made from now on.
+    pub fn with_origin(mut self, origin: Arc<Origin>) -> Self {
+        self.origin = origin;
+        self
     }
 
-    /// Applies every line of a datagram (or a TCP chunk of whole lines).
+    /// A worker for one listener thread or connection.
+    pub fn worker(&self) -> Worker {
+        Worker::new(Arc::clone(&self.mapper), self.cache_size).with_origin(&self.origin)
+    }
+
+    /// Applies every line of a datagram (or a TCP chunk of whole lines) from an unknown
+    /// sender.
     pub fn datagram(&self, bytes: &[u8], transport: Transport, worker: &mut Worker) {
+        self.datagram_from(bytes, transport, Sender::Unknown, worker);
+    }
+
+    /// Applies every line of a datagram from `sender`.
+    pub fn datagram_from(
+        &self,
+        bytes: &[u8],
+        transport: Transport,
+        sender: Sender,
+        worker: &mut Worker,
+    ) {
         let counters = self.telemetry.transport(transport);
         counters.packets.inc();
         counters.bytes.inc_by(bytes.len() as u64);
         let now = Instant::now();
+        worker.set_sender(sender, now);
         for line in protocol::lines(bytes) {
             self.line(line, transport, worker, now);
         }
@@ -208,6 +262,9 @@ impl Ingester {
 
     /// Moves a worker's local counts into the self-metrics.
     pub fn flush_counts(&self, worker: &mut Worker) {
+        if let Some(cursor) = &mut worker.origin {
+            self.telemetry.origin_lookups(&cursor.take_counts());
+        }
         if worker.cache_hits > 0 {
             self.telemetry
                 .mapping_cache_hits

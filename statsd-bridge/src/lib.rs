@@ -10,6 +10,7 @@
 //! - [`explain`]: the `explain` subcommand.
 //! - [`config`], [`cli`]: the `[bridge]` table and the flags that override it.
 //! - [`framing`]: TCP stream → bounded lines (sans-IO).
+//! - [`origin`]: which pod sent a datagram (pod watch, cgroups, static table) as labels.
 //! - [`listen`]: sockets (the only module that touches StatsD input IO): UDP, TCP, unixgram.
 //! - [`relay`]: forwards received lines to another StatsD server, never blocking.
 //! - [`http`]: the metrics page, `/healthz`, `/readyz`.
@@ -27,6 +28,7 @@ pub mod http;
 pub mod ingest;
 pub mod listen;
 pub mod mapping;
+pub mod origin;
 pub mod protocol;
 pub mod relay;
 pub mod telemetry;
@@ -45,6 +47,7 @@ use crate::config::Config;
 use crate::ingest::Ingester;
 use crate::listen::unixgram::BoundUnixgram;
 use crate::mapping::{Mapper, MapperHandle};
+use crate::origin::Origin;
 use crate::relay::Relay;
 use crate::telemetry::Telemetry;
 
@@ -71,6 +74,9 @@ pub enum RunError {
     /// The mapping rules don't compile (validated before, so only on a race with the file).
     #[error("cannot compile the mapping rules")]
     Mapping(#[source] mapping::MappingError),
+    /// Origin detection could not reach the kube-apiserver's configuration.
+    #[error("origin detection: {0}")]
+    Origin(#[source] common::kube_client::ClientError),
 }
 
 fn bind_err(what: &'static str, addr: impl ToString) -> impl FnOnce(std::io::Error) -> RunError {
@@ -225,14 +231,47 @@ fn watched_files(cfg: &Config) -> Vec<(std::path::PathBuf, Option<std::time::Sys
         .collect()
 }
 
+/// Removes the series of pods deleted `pod_ttl` ago; returns how many went.
+fn expire_deleted_pods(store: &Store, origin: &Origin, now: std::time::Instant) -> usize {
+    let gone = origin.take_expired(now);
+    if gone.is_empty() {
+        return 0;
+    }
+    let names = origin.names();
+    let (ns_label, pod_label) = (names.namespace().as_bytes(), names.pod().as_bytes());
+    let gone: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = gone
+        .into_iter()
+        .map(|(ns, pod)| (ns.into_bytes(), pod.into_bytes()))
+        .collect();
+    let removed = store.remove_labelled(|labels| {
+        let (mut ns, mut pod) = (None, None);
+        for (k, v) in labels {
+            if k == ns_label {
+                ns = Some(v);
+            } else if k == pod_label {
+                pod = Some(v);
+            }
+        }
+        matches!((ns, pod), (Some(ns), Some(pod)) if gone.contains(&(ns.to_vec(), pod.to_vec())))
+    });
+    tracing::debug!(
+        pods = gone.len(),
+        series = removed,
+        "Removed the series of deleted pods."
+    );
+    removed
+}
+
 /// Runs the bridge until `shutdown` resolves (or `/-/quit`), then stops the listeners,
 /// drains what they hold into the store, keeps serving the metrics page for
 /// `shutdown_grace`, and returns.
 pub async fn run(
     cfg: Config,
+    origin_settings: origin::Settings,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let bound = listeners.describe();
     let mut udp_ports: Vec<u16> = listeners
         .udp
@@ -264,15 +303,86 @@ pub async fn run(
         tracing::warn!(warning = %warning, "Mapping setting has no effect.");
     }
     let mapper = Arc::new(MapperHandle::new(mapper));
-    let ingester = Arc::new(Ingester::new(
-        Arc::clone(&store),
-        cfg.parse_options(),
-        Arc::clone(&telemetry),
-        relay.clone(),
-        Arc::clone(&mapper),
-        cfg.bridge.mapping_cache_size,
+    let origin = Arc::new(Origin::new(&origin_settings));
+    let ingester = Arc::new(
+        Ingester::new(
+            Arc::clone(&store),
+            cfg.parse_options(),
+            Arc::clone(&telemetry),
+            relay.clone(),
+            Arc::clone(&mapper),
+            cfg.bridge.mapping_cache_size,
+        )
+        .with_origin(Arc::clone(&origin)),
+    );
+    let origin_stop = CancellationToken::new();
+    let mut origin_task = None;
+    match &origin_settings.mode {
+        origin::Mode::Off => tracing::info!("Origin detection is off."),
+        origin::Mode::Static(table) => {
+            tracing::info!(
+                entries = table.len(),
+                "Origin labels from the static table."
+            );
+        }
+        origin::Mode::Kubernetes { node, kubeconfig } => {
+            let client = origin::kube::client(kubeconfig.as_deref())
+                .await
+                .map_err(RunError::Origin)?;
+            tracing::info!(%node, "Watching this node's pods for origin labels.");
+            origin_task = Some(tokio::spawn(origin::kube::watch_pods(
+                client,
+                node.clone(),
+                Arc::clone(&origin),
+                Arc::clone(&telemetry),
+                origin_stop.clone(),
+            )));
+        }
+    }
+
+    let quit = CancellationToken::new();
+    let state = Arc::new(http::State {
+        ingester: Arc::clone(&ingester),
+        ready: AtomicBool::new(false),
+        telemetry_path: cfg.bridge.telemetry_path.get_ref().clone(),
+        openmetrics: cfg.bridge.openmetrics,
+        lifecycle: cfg.bridge.enable_lifecycle,
+        reload: reloader(&cfg, Arc::clone(&telemetry), Arc::clone(&mapper)),
+        quit: quit.clone(),
+        udp_ports,
+    });
+    listeners
+        .web
+        .set_nonblocking(true)
+        .map_err(bind_err("HTTP", cfg.web))?;
+    let web =
+        tokio::net::TcpListener::from_std(listeners.web).map_err(bind_err("HTTP", cfg.web))?;
+    let http_stop = CancellationToken::new();
+    let handler_state = Arc::clone(&state);
+    let http_task = tokio::spawn(common::http::serve(
+        web,
+        move |req| http::handle(Arc::clone(&handler_state), req),
+        http_stop.clone(),
+        Duration::from_secs(5),
     ));
 
+    // Lines read before the pod list arrived would get no pod labels: the kernel holds
+    // them until then (or until sync_timeout).
+    let mut stopping = false;
+    if !origin.ready() {
+        let deadline = tokio::time::Instant::now() + origin_settings.sync_timeout;
+        let synced = async {
+            while !origin.ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => stopping = true,
+            r = tokio::time::timeout_at(deadline, synced) => if r.is_err() {
+                tracing::warn!(timeout = ?origin_settings.sync_timeout, "The pod list has not arrived; reading without origin labels until it does.");
+            }
+        }
+    }
     let stop_listeners = Arc::new(AtomicBool::new(false));
     let mut listener_threads = Vec::new();
     for socket in listeners.udp {
@@ -304,31 +414,7 @@ pub async fn run(
         ));
     }
 
-    let quit = CancellationToken::new();
-    let state = Arc::new(http::State {
-        ingester: Arc::clone(&ingester),
-        ready: AtomicBool::new(true),
-        telemetry_path: cfg.bridge.telemetry_path.get_ref().clone(),
-        openmetrics: cfg.bridge.openmetrics,
-        lifecycle: cfg.bridge.enable_lifecycle,
-        reload: reloader(&cfg, Arc::clone(&telemetry), Arc::clone(&mapper)),
-        quit: quit.clone(),
-        udp_ports,
-    });
-    listeners
-        .web
-        .set_nonblocking(true)
-        .map_err(bind_err("HTTP", cfg.web))?;
-    let web =
-        tokio::net::TcpListener::from_std(listeners.web).map_err(bind_err("HTTP", cfg.web))?;
-    let http_stop = CancellationToken::new();
-    let handler_state = Arc::clone(&state);
-    let http_task = tokio::spawn(common::http::serve(
-        web,
-        move |req| http::handle(Arc::clone(&handler_state), req),
-        http_stop.clone(),
-        Duration::from_secs(5),
-    ));
+    state.ready.store(true, Ordering::Relaxed);
 
     let mut background = Vec::new();
     // Always: rule TTLs need the sweep even without a global ttl (it costs nothing until a
@@ -336,12 +422,16 @@ pub async fn run(
     {
         let store = Arc::clone(&store);
         let telemetry = Arc::clone(&telemetry);
+        let origin = Arc::clone(&origin);
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let n = store.expire(std::time::Instant::now());
+                let now = std::time::Instant::now();
+                let n = store.expire(now);
                 telemetry.series_expired.inc_by(n as u64);
+                let gone = expire_deleted_pods(&store, &origin, now);
+                telemetry.origin_series_expired.inc_by(gone as u64);
             }
         }));
     }
@@ -378,9 +468,11 @@ pub async fn run(
     }
 
     tracing::info!(listeners = %bound, "statsd-bridge is ready.");
-    tokio::select! {
-        () = shutdown => {}
-        () = quit.cancelled() => {}
+    if !stopping {
+        tokio::select! {
+            () = &mut shutdown => {}
+            () = quit.cancelled() => {}
+        }
     }
 
     state.ready.store(false, Ordering::Relaxed);
@@ -403,6 +495,10 @@ pub async fn run(
         relay.flush();
     }
     for task in background {
+        task.abort();
+    }
+    origin_stop.cancel();
+    if let Some(task) = origin_task {
         task.abort();
     }
     let grace = cfg.bridge.shutdown_grace.0;

@@ -106,6 +106,13 @@ fn main() -> ExitCode {
             tracing::error!(path, error = %e, "Cannot write the mapping FSM dump.");
         }
     }
+    let origin = match cfg.origin(|k| std::env::var(k).ok()) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "Origin detection cannot start.");
+            return usage_error(e);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -124,7 +131,7 @@ fn main() -> ExitCode {
         {
             tracing::error!(path = %path.display(), error = %e, "Cannot write the ready file.");
         }
-        statsd_bridge::run(cfg, listeners, common::shutdown::signal()).await
+        statsd_bridge::run(cfg, origin, listeners, common::shutdown::signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 use crate::aggregate::Rejection;
+use crate::origin::{LookupCounts, Outcome, Source};
 use crate::protocol::{MetricType, ParseError};
 
 /// Where a datagram or line came from.
@@ -119,6 +120,14 @@ pub struct Telemetry {
     pub mapping_cache_misses: IntCounter,
     /// Datagrams the kernel dropped on the UDP sockets (receive buffer full).
     pub udp_kernel_drops: IntCounter,
+    /// Origin lookups, by source then outcome (see [`crate::origin::Source`]).
+    origin_lookups: Vec<Vec<IntCounter>>,
+    /// Pods in the origin index.
+    pub origin_pods: IntGauge,
+    /// Restarts of the pod watch (errors, expired resource versions).
+    pub origin_watch_restarts: IntCounter,
+    /// Series removed because their pod was deleted `pod_ttl` ago.
+    pub origin_series_expired: IntCounter,
 }
 
 impl Telemetry {
@@ -297,6 +306,36 @@ impl Telemetry {
             "statsd_bridge_udp_receive_buffer_drops_total",
             "Datagrams the kernel dropped because a UDP socket's receive buffer was full (from /proc/net/udp); raise read_buffer and net.core.rmem_max, or udp_workers.",
         )?;
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "statsd_bridge_origin_lookups_total",
+                "Origin lookups: per datagram by source IP or unix socket peer, per line by |c: container ID; by outcome (hit, miss, host_network).",
+            ),
+            &["source", "outcome"],
+        )?;
+        registry.register(Box::new(lookups.clone()))?;
+        let origin_lookups = Source::ALL
+            .iter()
+            .map(|s| {
+                Outcome::ALL
+                    .iter()
+                    .map(|o| lookups.with_label_values(&[s.as_str(), o.as_str()]))
+                    .collect()
+            })
+            .collect();
+        let origin_pods = IntGauge::new(
+            "statsd_bridge_origin_pods",
+            "Pods of this node in the origin index.",
+        )?;
+        registry.register(Box::new(origin_pods.clone()))?;
+        let origin_watch_restarts = counter(
+            "statsd_bridge_origin_watch_restarts_total",
+            "Restarts of the watch of this node's pods (errors and expired watches).",
+        )?;
+        let origin_series_expired = counter(
+            "statsd_bridge_origin_series_expired_total",
+            "Series removed because their pod was deleted pod_ttl ago.",
+        )?;
         Ok(Self {
             registry,
             transports,
@@ -329,7 +368,22 @@ impl Telemetry {
             mapping_cache_hits,
             mapping_cache_misses,
             udp_kernel_drops,
+            origin_lookups,
+            origin_pods,
+            origin_watch_restarts,
+            origin_series_expired,
         })
+    }
+
+    /// Adds a listener thread's origin lookup counts.
+    pub fn origin_lookups(&self, counts: &LookupCounts) {
+        for (row, counters) in counts.iter().zip(&self.origin_lookups) {
+            for (n, c) in row.iter().zip(counters) {
+                if *n > 0 {
+                    c.inc_by(*n);
+                }
+            }
+        }
     }
 
     /// Counts a line dropped for its length.

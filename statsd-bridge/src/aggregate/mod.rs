@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use crate::origin::OriginLabels;
 use crate::protocol::{Event, MetricType, Sample, ServiceCheck, Tag, Tags};
 use summary::Sketch;
 pub use summary::SummaryOptions;
@@ -274,6 +275,31 @@ pub struct Scratch {
     labels: Vec<(Range<usize>, Range<usize>)>,
     key: Vec<u8>,
     name_end: usize,
+    /// The sender's labels (origin detection), added to every key built until replaced.
+    origin: Option<OriginLabels>,
+    /// The sender's labels win over the line's tags of the same name.
+    origin_wins: bool,
+}
+
+impl Scratch {
+    /// Sets the sender's labels for the keys built next; returns the previous ones.
+    pub fn replace_origin(&mut self, labels: Option<OriginLabels>) -> Option<OriginLabels> {
+        std::mem::replace(&mut self.origin, labels)
+    }
+
+    /// Whether the sender's labels win over a line's tags of the same name (else tags win).
+    pub fn set_origin_wins(&mut self, wins: bool) {
+        self.origin_wins = wins;
+    }
+
+    fn push_origin(&mut self, kind: Kind, outcome: &mut Outcome) {
+        if let Some(labels) = self.origin.take() {
+            for (k, v) in labels.iter() {
+                self.push_label(k, v, kind, outcome);
+            }
+            self.origin = Some(labels);
+        }
+    }
 }
 
 /// Metadata of a family.
@@ -688,10 +714,20 @@ impl Store {
             return 0;
         }
         let seconds = self.seconds(now);
+        self.remove_where(|_, s| s.ttl != 0 && seconds.saturating_sub(s.last_seen) > s.ttl)
+    }
+
+    /// Drops every series whose labels `doomed` picks (origin detection: the series of
+    /// pods deleted a while ago), and families left without series; returns how many went.
+    pub fn remove_labelled(&self, mut doomed: impl FnMut(KeyLabels<'_>) -> bool) -> usize {
+        self.remove_where(|key, _| doomed(KeyLabels::of(key)))
+    }
+
+    fn remove_where(&self, mut doomed: impl FnMut(&[u8], &Series) -> bool) -> usize {
         let mut removed = 0;
         let mut emptied: Vec<Box<str>> = Vec::new();
         self.series.retain(|key, s| {
-            let keep = s.ttl == 0 || seconds.saturating_sub(s.last_seen) <= s.ttl;
+            let keep = !doomed(key, s);
             if !keep {
                 removed += 1;
                 let name = family_name(key);
@@ -808,13 +844,20 @@ impl Scratch {
             return Err(Rejection::EmptyName);
         }
         self.name_end = self.text.len();
-        // The later of two equal keys wins: rule labels override tags unless honor_labels.
+        // The later of two equal keys wins: rule labels override tags unless honor_labels;
+        // the sender's labels come first (tags win) or last (origin wins).
+        if !self.origin_wins {
+            self.push_origin(kind, &mut outcome);
+        }
         if target.honor_labels {
             self.push_rule_labels(target, kind, &mut outcome);
             self.push_tags(tags, kind, &mut outcome);
         } else {
             self.push_tags(tags, kind, &mut outcome);
             self.push_rule_labels(target, kind, &mut outcome);
+        }
+        if self.origin_wins {
+            self.push_origin(kind, &mut outcome);
         }
         for (k, v) in extra {
             self.push_label(k, v, kind, &mut outcome);
@@ -926,6 +969,44 @@ pub struct SeriesSnapshot {
 }
 
 /// The family name at the start of an encoded series key.
+/// The labels of an encoded series key, sorted by name, as raw bytes.
+#[derive(Debug, Clone)]
+pub struct KeyLabels<'a> {
+    rest: std::slice::Split<'a, u8, fn(&u8) -> bool>,
+}
+
+impl<'a> KeyLabels<'a> {
+    fn of(key: &'a [u8]) -> Self {
+        let start = key
+            .iter()
+            .position(|b| *b == KEY_NAME_END)
+            .map_or(key.len(), |i| i + 1);
+        let end: fn(&u8) -> bool = |b| *b == KEY_LABEL_END;
+        Self {
+            rest: key.get(start..).unwrap_or(&[]).split(end),
+        }
+    }
+}
+
+impl<'a> Iterator for KeyLabels<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let label = self.rest.next()?;
+            if label.is_empty() {
+                continue;
+            }
+            let Some(at) = label.iter().position(|b| *b == KEY_KV) else {
+                continue;
+            };
+            if let (Some(k), Some(v)) = (label.get(..at), label.get(at + 1..)) {
+                return Some((k, v));
+            }
+        }
+    }
+}
+
 fn family_name(key: &[u8]) -> &str {
     let end = key
         .iter()
@@ -945,20 +1026,7 @@ impl SeriesSnapshot {
     /// Labels as raw bytes, sorted by name. The key was built from `str`s, so every slice is
     /// valid UTF-8; the encoder writes bytes and needn't check it again.
     pub fn label_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let start = self
-            .key
-            .iter()
-            .position(|b| *b == KEY_NAME_END)
-            .map_or(self.key.len(), |i| i + 1);
-        self.key
-            .get(start..)
-            .unwrap_or(&[])
-            .split(|b| *b == KEY_LABEL_END)
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| {
-                let at = l.iter().position(|b| *b == KEY_KV)?;
-                Some((l.get(..at)?, l.get(at + 1..)?))
-            })
+        KeyLabels::of(&self.key)
     }
 
     /// Labels, sorted by name.

@@ -7,12 +7,15 @@
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, UnixCredentials, recvmmsg,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::ingest::Ingester;
+use crate::origin::Sender;
 use crate::telemetry::Transport;
 
 /// How long a listener keeps draining after the stop: what the kernel held at the stop is
@@ -35,16 +38,18 @@ const BATCH: usize = 32;
 /// Receive buffers for one listener thread, filled `BATCH` datagrams at a time.
 struct Batch {
     bufs: Vec<Vec<u8>>,
-    sizes: Vec<usize>,
+    sizes: Vec<(usize, Sender)>,
     headers: MultiHeaders<SockaddrStorage>,
 }
 
 impl Batch {
-    fn new() -> Self {
+    /// Buffers; with `credentials`, room for each datagram's `SCM_CREDENTIALS` too.
+    fn new(credentials: bool) -> Self {
+        let cmsg = credentials.then(|| nix::cmsg_space!(UnixCredentials));
         Self {
             bufs: (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
             sizes: Vec::with_capacity(BATCH),
-            headers: MultiHeaders::preallocate(BATCH, None),
+            headers: MultiHeaders::preallocate(BATCH, cmsg),
         }
     }
 
@@ -62,21 +67,47 @@ impl Batch {
             None,
         )
         .map_err(io::Error::from)?;
-        self.sizes.extend(results.map(|r| r.bytes));
+        self.sizes.extend(results.map(|r| {
+            let pid = r.cmsgs().ok().and_then(|mut cmsgs| {
+                cmsgs.find_map(|c| match c {
+                    ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+                    _ => None,
+                })
+            });
+            let sender = match (pid, r.address.as_ref()) {
+                (Some(pid), _) => Sender::Pid(pid),
+                (None, Some(a)) => ip_of(a).map_or(Sender::Unknown, Sender::Ip),
+                (None, None) => Sender::Unknown,
+            };
+            (r.bytes, sender)
+        }));
         Ok(self.sizes.len())
     }
 
-    fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+    fn datagrams(&self) -> impl Iterator<Item = (&[u8], Sender)> {
         self.bufs
             .iter()
             .zip(&self.sizes)
-            .map(|(b, &n)| b.get(..n).unwrap_or(&[]))
+            .map(|(b, &(n, sender))| (b.get(..n).unwrap_or(&[]), sender))
     }
+}
+
+/// The IP of a UDP source address.
+fn ip_of(addr: &SockaddrStorage) -> Option<std::net::IpAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(std::net::IpAddr::V4(v4.ip()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| std::net::IpAddr::V6(v6.ip()))
 }
 
 /// A datagram socket the read loop can drive (UDP or unix).
 trait DatagramSocket: AsRawFd {
     fn set_nonblocking(&self, on: bool) -> io::Result<()>;
+    /// Whether datagrams carry the sender's credentials (`SO_PASSCRED`).
+    fn credentials(&self) -> bool {
+        false
+    }
 }
 
 impl DatagramSocket for std::net::UdpSocket {
@@ -89,6 +120,10 @@ impl DatagramSocket for std::os::unix::net::UnixDatagram {
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         std::os::unix::net::UnixDatagram::set_nonblocking(self, on)
     }
+
+    fn credentials(&self) -> bool {
+        nix::sys::socket::getsockopt(self, nix::sys::socket::sockopt::PassCred).unwrap_or(false)
+    }
 }
 
 /// Reads and ingests datagrams until `stop`, then drains what the kernel holds (within
@@ -99,14 +134,14 @@ fn datagram_loop(
     ingester: &Ingester,
     stop: &Arc<AtomicBool>,
 ) -> u64 {
-    let mut batch = Batch::new();
+    let mut batch = Batch::new(socket.credentials());
     let mut worker = ingester.worker();
     let fd = socket.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
         match batch.recv(fd) {
             Ok(_) => {
-                for d in batch.datagrams() {
-                    ingester.datagram(d, transport, &mut worker);
+                for (d, sender) in batch.datagrams() {
+                    ingester.datagram_from(d, transport, sender, &mut worker);
                 }
             }
             Err(e)
@@ -127,8 +162,8 @@ fn datagram_loop(
     let deadline = Instant::now() + DRAIN_BUDGET;
     if socket.set_nonblocking(true).is_ok() {
         while Instant::now() < deadline && batch.recv(fd).is_ok_and(|n| n > 0) {
-            for d in batch.datagrams() {
-                ingester.datagram(d, transport, &mut worker);
+            for (d, sender) in batch.datagrams() {
+                ingester.datagram_from(d, transport, sender, &mut worker);
                 drained += 1;
             }
         }

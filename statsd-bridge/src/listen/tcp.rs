@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::framing::LineFramer;
 use crate::ingest::Ingester;
+use crate::origin::Sender;
 use crate::telemetry::Transport;
 
 /// Limits for TCP input.
@@ -79,13 +80,27 @@ async fn connection(
         };
         match read {
             Ok(0) => {
-                take_lines(&mut framer, &mut buf, ingester, &mut worker, true);
+                take_lines(
+                    &mut framer,
+                    &mut buf,
+                    ingester,
+                    &mut worker,
+                    Sender::Ip(peer.ip()),
+                    true,
+                );
                 return;
             }
             Ok(n) => {
                 counters.packets.inc();
                 counters.bytes.inc_by(n as u64);
-                take_lines(&mut framer, &mut buf, ingester, &mut worker, false);
+                take_lines(
+                    &mut framer,
+                    &mut buf,
+                    ingester,
+                    &mut worker,
+                    Sender::Ip(peer.ip()),
+                    false,
+                );
                 if buf.capacity() - buf.len() < 4096 {
                     buf.reserve(64 * 1024);
                 }
@@ -107,9 +122,23 @@ async fn connection(
         }
         counters.packets.inc();
         counters.bytes.inc_by(n as u64);
-        take_lines(&mut framer, &mut buf, ingester, &mut worker, false);
+        take_lines(
+            &mut framer,
+            &mut buf,
+            ingester,
+            &mut worker,
+            Sender::Ip(peer.ip()),
+            false,
+        );
     }
-    take_lines(&mut framer, &mut buf, ingester, &mut worker, true);
+    take_lines(
+        &mut framer,
+        &mut buf,
+        ingester,
+        &mut worker,
+        Sender::Ip(peer.ip()),
+        true,
+    );
 }
 
 fn take_lines(
@@ -117,9 +146,12 @@ fn take_lines(
     buf: &mut BytesMut,
     ingester: &Ingester,
     worker: &mut crate::ingest::Worker,
+    sender: Sender,
     at_end: bool,
 ) {
     let now = Instant::now();
+    // Per chunk, not per connection: a pod change reaches a long-lived connection.
+    worker.set_sender(sender, now);
     loop {
         let next = framer.next_line(buf);
         let next = match next {

@@ -67,6 +67,13 @@ pub fn bind(path: &Path, mode: u32, read_buffer: usize) -> io::Result<BoundUnixg
     {
         tracing::warn!(path = %path.display(), error = %e, "Cannot set the unix socket receive buffer size.");
     }
+    // Each datagram then carries the sender's PID, the start of origin detection over UDS.
+    // Without it the sender is unknown, which costs labels, not data.
+    if let Err(e) =
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "Cannot enable SO_PASSCRED; unix socket senders get no origin labels.");
+    }
     socket.bind(&socket2::SockAddr::unix(path)?)?;
     let bound = BoundUnixgram {
         socket: UnixDatagram::from(std::os::fd::OwnedFd::from(socket)),

@@ -1,0 +1,528 @@
+//! Origin detection: which pod sent a datagram, as labels added to its series.
+//!
+//! In a DaemonSet, Prometheus scrapes the bridge, so nothing in the scrape says which pod
+//! sent a line; the HPA's Pods metrics need exactly that. The sender is known from the
+//! socket: a UDP/TCP source IP (→ the pod with that IP), a unix socket peer's PID (→ its
+//! cgroup → container ID → pod), or the line's DogStatsD `|c:` field (→ container → pod).
+//!
+//! - [`index`]: the node's pods, by IP, container ID and UID (pure).
+//! - [`cgroup`]: container IDs from cgroup paths and `|c:` values (pure).
+//! - [`table`]: the static address → labels table (pure).
+//! - [`host`]: reads `/proc/<pid>/cgroup` and the cgroup tree.
+//! - [`kube`]: the kube-rs watch of this node's pods that feeds the index.
+
+pub mod cgroup;
+pub mod host;
+pub mod index;
+pub mod kube;
+pub mod table;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use cgroup::{CgroupOwner, ContainerRef};
+use host::Host;
+use index::PodIndex;
+use table::StaticTable;
+
+/// The labels a sender's series get, e.g. `namespace`, `pod`, `app`.
+pub type OriginLabels = Arc<[(String, String)]>;
+
+/// Who sent a datagram, as the socket tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// Nothing known (a unix socket without credentials, tests).
+    Unknown,
+    /// A UDP or TCP source address.
+    Ip(IpAddr),
+    /// A unix socket peer's process ID (`SCM_CREDENTIALS`).
+    Pid(i32),
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The sender's labels.
+    Hit(OriginLabels),
+    /// Nothing known of the sender.
+    Miss,
+    /// The node's own address: a host-network pod, which can't be told apart by IP.
+    HostNetwork,
+}
+
+impl Lookup {
+    fn labels(&self) -> Option<OriginLabels> {
+        match self {
+            Self::Hit(l) => Some(Arc::clone(l)),
+            Self::Miss | Self::HostNetwork => None,
+        }
+    }
+
+    /// The `outcome` label value.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Hit(_) => Outcome::Hit,
+            Self::Miss => Outcome::Miss,
+            Self::HostNetwork => Outcome::HostNetwork,
+        }
+    }
+}
+
+/// How a lookup went, for the self-metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Labels found.
+    Hit,
+    /// Nothing found.
+    Miss,
+    /// The node's address.
+    HostNetwork,
+}
+
+impl Outcome {
+    /// Every outcome, in `index` order.
+    pub const ALL: [Outcome; 3] = [Self::Hit, Self::Miss, Self::HostNetwork];
+
+    /// The `outcome` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::HostNetwork => "host_network",
+        }
+    }
+}
+
+/// What a lookup started from, for the self-metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A UDP/TCP source IP.
+    Ip,
+    /// A unix socket peer's PID.
+    Uds,
+    /// A line's `|c:` field.
+    ContainerId,
+}
+
+impl Source {
+    /// Every source, in `index` order.
+    pub const ALL: [Source; 3] = [Self::Ip, Self::Uds, Self::ContainerId];
+
+    /// The `source` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ip => "ip",
+            Self::Uds => "uds",
+            Self::ContainerId => "container_id",
+        }
+    }
+}
+
+/// Lookups by (source, outcome), counted per thread and flushed into the self-metrics.
+pub type LookupCounts = [[u64; 3]; 3];
+
+/// The label names origin detection writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelNames {
+    namespace: String,
+    pod: String,
+    /// (pod label key, label name it becomes).
+    pod_labels: Vec<(String, String)>,
+}
+
+impl LabelNames {
+    /// Names as configured; pod label keys are sanitized into label names
+    /// (`app.kubernetes.io/name` → `app_kubernetes_io_name`).
+    pub fn new(namespace: &str, pod: &str, pod_labels: &[String]) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
+            pod_labels: pod_labels
+                .iter()
+                .map(|k| (k.clone(), common::prom::sanitize_name(k).into_owned()))
+                .collect(),
+        }
+    }
+
+    /// The pod label keys a [`index::PodRecord`] keeps.
+    pub fn pod_label_keys(&self) -> impl Iterator<Item = &str> {
+        self.pod_labels.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// The namespace label's name.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The pod label's name.
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+
+    fn labels_of(&self, pod: &index::PodRecord) -> OriginLabels {
+        let mut labels = vec![
+            (self.namespace.clone(), pod.namespace.clone()),
+            (self.pod.clone(), pod.name.clone()),
+        ];
+        for (key, name) in &self.pod_labels {
+            if let Some((_, v)) = pod.labels.iter().find(|(k, _)| k == key) {
+                labels.push((name.clone(), v.clone()));
+            }
+        }
+        labels.into()
+    }
+}
+
+/// Where the senders' labels come from.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// No origin labels.
+    Off,
+    /// The config's address table.
+    Static(StaticTable),
+    /// A watch of this node's pods.
+    Kubernetes {
+        /// The node whose pods are watched.
+        node: String,
+        /// A kubeconfig file; `None`: the in-cluster config.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// Origin detection's settings, resolved from `[bridge.origin]` and the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where labels come from.
+    pub mode: Mode,
+    /// Label names.
+    pub names: LabelNames,
+    /// How long a deleted pod's series stay.
+    pub pod_ttl: Duration,
+    /// The sender's labels win over a line's tags of the same name.
+    pub origin_wins: bool,
+    /// Where `<pid>/cgroup` files are read.
+    pub proc_root: PathBuf,
+    /// The cgroup tree, for `|c:in-<inode>`.
+    pub cgroup_root: PathBuf,
+    /// How long listeners wait for the first pod list.
+    pub sync_timeout: Duration,
+}
+
+impl Settings {
+    /// Origin detection off.
+    pub fn off() -> Self {
+        Self {
+            mode: Mode::Off,
+            names: LabelNames::new("namespace", "pod", &[]),
+            pod_ttl: Duration::from_secs(300),
+            origin_wins: false,
+            proc_root: PathBuf::from("/proc"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The pod index and its state, shared by the watcher and every listener.
+#[derive(Debug)]
+pub struct Pods {
+    index: RwLock<PodIndex>,
+    generation: AtomicU64,
+    synced: AtomicBool,
+}
+
+impl Pods {
+    /// Changes the index; listeners' caches see the change at their next datagram.
+    pub fn update<R>(&self, change: impl FnOnce(&mut PodIndex) -> R) -> R {
+        let mut index = self
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = change(&mut index);
+        self.generation.fetch_add(1, Ordering::Release);
+        r
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&PodIndex) -> R) -> R {
+        let index = self
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&index)
+    }
+
+    /// Pods in the index.
+    pub fn len(&self) -> usize {
+        self.read(PodIndex::len)
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks the first full list as applied.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether the first full list has been applied.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+enum Labeller {
+    Off,
+    Static(StaticTable),
+    Pods(Box<Pods>),
+}
+
+/// Origin detection as every listener uses it.
+#[derive(Debug)]
+pub struct Origin {
+    labeller: Labeller,
+    names: LabelNames,
+    origin_wins: bool,
+    host: Host,
+}
+
+impl Origin {
+    /// Origin detection as `settings` say; in Kubernetes mode the index starts empty and
+    /// unsynced until [`kube::watch_pods`] fills it.
+    pub fn new(settings: &Settings) -> Self {
+        let labeller = match &settings.mode {
+            Mode::Off => Labeller::Off,
+            Mode::Static(table) => Labeller::Static(table.clone()),
+            Mode::Kubernetes { .. } => Labeller::Pods(Box::new(Pods {
+                index: RwLock::new(PodIndex::new(settings.names.clone(), settings.pod_ttl)),
+                generation: AtomicU64::new(0),
+                synced: AtomicBool::new(false),
+            })),
+        };
+        Self {
+            labeller,
+            names: settings.names.clone(),
+            origin_wins: settings.origin_wins,
+            host: Host::new(settings.proc_root.clone(), settings.cgroup_root.clone()),
+        }
+    }
+
+    /// No origin detection.
+    pub fn off() -> Self {
+        Self::new(&Settings::off())
+    }
+
+    /// Whether any labels can come from here.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.labeller, Labeller::Off)
+    }
+
+    /// The pod index, in Kubernetes mode.
+    pub fn pods(&self) -> Option<&Pods> {
+        match &self.labeller {
+            Labeller::Pods(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the labels are ready to use (always, but in Kubernetes mode before the first
+    /// pod list).
+    pub fn ready(&self) -> bool {
+        self.pods().is_none_or(Pods::synced)
+    }
+
+    /// The label names.
+    pub fn names(&self) -> &LabelNames {
+        &self.names
+    }
+
+    /// Whether origin labels win over a line's tags.
+    pub fn origin_wins(&self) -> bool {
+        self.origin_wins
+    }
+
+    /// Deleted pods whose series are due to go, as `(namespace, pod)`.
+    pub fn take_expired(&self, now: Instant) -> Vec<(String, String)> {
+        self.pods()
+            .map(|p| p.update(|index| index.take_expired(now)))
+            .unwrap_or_default()
+    }
+
+    fn generation(&self) -> u64 {
+        self.pods()
+            .map_or(0, |p| p.generation.load(Ordering::Acquire))
+    }
+
+    fn lookup_ip(&self, ip: IpAddr) -> Lookup {
+        match &self.labeller {
+            Labeller::Off => Lookup::Miss,
+            Labeller::Static(table) => table
+                .lookup(ip)
+                .map_or(Lookup::Miss, |l| Lookup::Hit(Arc::clone(l))),
+            Labeller::Pods(pods) => pods.read(|index| index.lookup_ip(ip)),
+        }
+    }
+
+    fn lookup_owner(&self, owner: &CgroupOwner) -> Lookup {
+        let Some(pods) = self.pods() else {
+            return Lookup::Miss;
+        };
+        pods.read(|index| {
+            let by_container = owner
+                .container_id
+                .as_deref()
+                .map_or(Lookup::Miss, |id| index.lookup_container(id));
+            match (by_container, owner.pod_uid.as_deref()) {
+                // The container may not be in the pod's status yet; its pod is.
+                (Lookup::Miss, Some(uid)) => index.lookup_uid(uid),
+                (found, _) => found,
+            }
+        })
+    }
+
+    /// A per-thread view with its caches.
+    pub fn cursor(self: &Arc<Self>) -> Cursor {
+        Cursor {
+            origin: Arc::clone(self),
+            generation: u64::MAX,
+            ips: HashMap::new(),
+            containers: HashMap::new(),
+            pids: HashMap::new(),
+            counts: LookupCounts::default(),
+        }
+    }
+}
+
+/// A listener thread's view of [`Origin`]: lookups are cached until the pod index changes,
+/// so the common case (the same few senders, no pod change) costs a hash lookup per
+/// datagram and no lock.
+#[derive(Debug)]
+pub struct Cursor {
+    origin: Arc<Origin>,
+    generation: u64,
+    ips: HashMap<IpAddr, Lookup>,
+    containers: HashMap<Box<str>, Lookup>,
+    pids: HashMap<i32, (CgroupOwner, Instant)>,
+    counts: LookupCounts,
+}
+
+/// Entries a cursor cache holds before it starts over.
+const CACHE_MAX: usize = 4096;
+
+/// How long a PID's cgroup is trusted: PIDs are reused, and a container's first packets may
+/// come before its cgroup settles.
+const PID_TTL: Duration = Duration::from_secs(5);
+
+impl Cursor {
+    fn refresh(&mut self) {
+        let generation = self.origin.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.ips.clear();
+            self.containers.clear();
+        }
+    }
+
+    fn count(&mut self, source: Source, outcome: Outcome) {
+        if let Some(n) = self
+            .counts
+            .get_mut(source as usize)
+            .and_then(|row| row.get_mut(outcome as usize))
+        {
+            *n += 1;
+        }
+    }
+
+    /// The labels of a datagram's sender.
+    pub fn sender(&mut self, sender: Sender, now: Instant) -> Option<OriginLabels> {
+        if !self.origin.is_enabled() {
+            return None;
+        }
+        self.refresh();
+        let (source, found) = match sender {
+            Sender::Unknown => return None,
+            Sender::Ip(ip) => {
+                let found = match self.ips.get(&ip) {
+                    Some(l) => l.clone(),
+                    None => {
+                        let l = self.origin.lookup_ip(ip);
+                        if self.ips.len() >= CACHE_MAX {
+                            self.ips.clear();
+                        }
+                        self.ips.insert(ip, l.clone());
+                        l
+                    }
+                };
+                (Source::Ip, found)
+            }
+            Sender::Pid(pid) => (Source::Uds, self.pid(pid, now)),
+        };
+        self.count(source, found.outcome());
+        found.labels()
+    }
+
+    fn pid(&mut self, pid: i32, now: Instant) -> Lookup {
+        if self.origin.pods().is_none() {
+            return Lookup::Miss;
+        }
+        let cached = self
+            .pids
+            .get(&pid)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < PID_TTL)
+            .map(|(o, _)| o.clone());
+        let owner = match cached {
+            Some(o) => o,
+            None => {
+                let o = self.origin.host.owner_of_pid(pid).unwrap_or_default();
+                if self.pids.len() >= CACHE_MAX {
+                    self.pids.clear();
+                }
+                self.pids.insert(pid, (o.clone(), now));
+                o
+            }
+        };
+        self.origin.lookup_owner(&owner)
+    }
+
+    /// The labels of the container a line's `|c:` field names; `None` when it names none we
+    /// know (the datagram's sender then stands).
+    pub fn container(&mut self, field: &str) -> Option<OriginLabels> {
+        self.origin.pods()?;
+        self.refresh();
+        let found = match self.containers.get(field) {
+            Some(l) => l.clone(),
+            None => {
+                let l = match ContainerRef::parse(field) {
+                    Some(ContainerRef::Id(id)) => self.origin.lookup_owner(&CgroupOwner {
+                        container_id: Some(cgroup::bare_container_id(id)),
+                        pod_uid: None,
+                    }),
+                    Some(ContainerRef::Inode(inode)) => self
+                        .origin
+                        .host
+                        .owner_of_inode(inode)
+                        .map_or(Lookup::Miss, |o| self.origin.lookup_owner(&o)),
+                    None => Lookup::Miss,
+                };
+                if self.containers.len() >= CACHE_MAX {
+                    self.containers.clear();
+                }
+                self.containers.insert(field.into(), l.clone());
+                l
+            }
+        };
+        self.count(Source::ContainerId, found.outcome());
+        found.labels()
+    }
+
+    /// The lookups counted since the last call.
+    pub fn take_counts(&mut self) -> LookupCounts {
+        std::mem::take(&mut self.counts)
+    }
+}
