@@ -10,7 +10,7 @@
 //!   pipes, emoji…) become `_`, so hostile tag values must be sent as raw UDP.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -24,6 +24,8 @@ use crate::util::{python, tests_dir};
 #[derive(Debug, Clone)]
 pub struct DogStatsd {
     target: Target,
+    source: Option<IpAddr>,
+    container_id: Option<String>,
 }
 
 /// Where the client sends.
@@ -51,6 +53,8 @@ impl DogStatsd {
     pub fn new(target: SocketAddr) -> Self {
         Self {
             target: Target::Udp(target),
+            source: None,
+            container_id: None,
         }
     }
 
@@ -58,7 +62,21 @@ impl DogStatsd {
     pub fn unix(path: &Path) -> Self {
         Self {
             target: Target::Unix(path.to_path_buf()),
+            source: None,
+            container_id: None,
         }
+    }
+
+    /// Sends from `ip` (the UDP socket bound to it, as a pod's traffic comes from its IP).
+    pub fn from_source(mut self, ip: IpAddr) -> Self {
+        self.source = Some(ip);
+        self
+    }
+
+    /// Passes `container_id=id` to the client, which ends every line with `|c:<id>`.
+    pub fn with_container_id(mut self, id: &str) -> Self {
+        self.container_id = Some(id.to_owned());
+        self
     }
 
     /// Runs `send.py` with `ops` (see the [`op`] builders) and returns the exact datagrams the
@@ -75,6 +93,12 @@ impl DogStatsd {
                 .arg(addr.port().to_string()),
             Target::Unix(path) => cmd.arg("--socket-path").arg(path),
         };
+        if let Some(ip) = self.source {
+            cmd.arg("--source").arg(ip.to_string());
+        }
+        if let Some(id) = &self.container_id {
+            cmd.arg("--container-id").arg(id);
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

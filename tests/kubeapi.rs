@@ -43,7 +43,9 @@
 //! [`FakeKubeApi::delete_pod`], [`FakeKubeApi::set_namespace`], …; every change takes the next
 //! resourceVersion, shared by all resources as etcd's is), sends bookmarks
 //! ([`FakeKubeApi::bookmark`]) and holds lists back ([`FakeKubeApi::hold_lists`]) to keep a
-//! cache from syncing. `labelSelector` and `fieldSelector` are not supported (400).
+//! cache from syncing. `fieldSelector=spec.nodeName=<node>` on pods is supported (a node
+//! agent's watch); other field selectors and `labelSelector` are not (400). Whole pods, with
+//! IPs and container IDs, come from [`FakeKubeApi::put_pod`] and [`PodFixture`].
 //!
 //! Every request is recorded ([`FakeKubeApi::requests`]) with its headers and parsed JSON
 //! body, so tests can assert what the adapter sent (a watch when it starts, everything else
@@ -364,6 +366,8 @@ impl Resource {
 struct Watcher {
     id: u64,
     namespace: Option<String>,
+    /// `fieldSelector=spec.nodeName=…`: only this node's pods.
+    node: Option<String>,
     meta_only: bool,
     bookmarks: bool,
     tx: Sender<String>,
@@ -408,6 +412,27 @@ impl Objects {
 
     fn collection(&mut self, resource: Resource) -> &mut Collection {
         self.collections.entry(resource).or_default()
+    }
+
+    /// Stores `object` as it is (its `resourceVersion` set) and tells the watchers.
+    fn put(&mut self, resource: Resource, namespace: &str, name: &str, mut object: Value) -> u64 {
+        let key = (namespace.to_owned(), name.to_owned());
+        let rv = self.rv + 1;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let collection = self.collection(resource);
+        let event = if collection.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        collection.objects.insert(key, object.clone());
+        self.rv = rv;
+        let collection = self.collection(resource);
+        collection.log.push((rv, event, object.clone()));
+        collection
+            .watchers
+            .retain(|w| !w.wants(&object) || w.tx.send(w.line(event, &object)).is_ok());
+        rv
     }
 
     /// Creates or changes (`Some(labels)`) or deletes (`None`) an object and tells the
@@ -461,14 +486,16 @@ impl Objects {
         collection.log.push((rv, event, object.clone()));
         collection
             .watchers
-            .retain(|w| !w.wants(namespace) || w.tx.send(w.line(event, &object)).is_ok());
+            .retain(|w| !w.wants(&object) || w.tx.send(w.line(event, &object)).is_ok());
         Some(rv)
     }
 }
 
 impl Watcher {
-    fn wants(&self, namespace: &str) -> bool {
+    fn wants(&self, object: &Value) -> bool {
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
         self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+            && on_node(object, self.node.as_deref())
     }
 
     fn line(&self, event: &str, object: &Value) -> String {
@@ -480,6 +507,113 @@ impl Watcher {
         let mut line = json!({"type": event, "object": object}).to_string();
         line.push('\n');
         line
+    }
+}
+
+/// A pod as origin detection sees it: where it runs, its addresses and containers.
+#[derive(Debug, Clone, Default)]
+pub struct PodFixture {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`; empty: derived from the namespace and name.
+    pub uid: String,
+    /// `spec.nodeName`.
+    pub node: String,
+    /// `status.podIP` (and `podIPs`); `None` while the sandbox has none.
+    pub ip: Option<String>,
+    /// `status.hostIP`.
+    pub host_ip: Option<String>,
+    /// `spec.hostNetwork`.
+    pub host_network: bool,
+    /// `metadata.labels`.
+    pub labels: Vec<(String, String)>,
+    /// `status.containerStatuses[].containerID`, as kubelet writes them
+    /// (`containerd://<64 hex>`).
+    pub container_ids: Vec<String>,
+    /// `status.phase`; empty: `Running`.
+    pub phase: String,
+}
+
+impl PodFixture {
+    /// A running pod of `namespace/name` on `node` at `ip`.
+    pub fn new(namespace: &str, name: &str, node: &str, ip: &str) -> PodFixture {
+        PodFixture {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            node: node.to_owned(),
+            ip: Some(ip.to_owned()),
+            ..PodFixture::default()
+        }
+    }
+
+    /// The uid the pod gets (`uid`, or one derived from its name).
+    pub fn uid(&self) -> String {
+        if !self.uid.is_empty() {
+            return self.uid.clone();
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in format!("{}/{}", self.namespace, self.name).bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            h >> 32,
+            (h >> 16) & 0xffff,
+            h & 0xfff,
+            (h >> 4) & 0xfff,
+            h & 0xffff_ffff_ffff
+        )
+    }
+
+    /// The pod as kube-apiserver returns it.
+    pub fn to_json(&self) -> Value {
+        let labels: BTreeMap<&str, &str> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let statuses: Vec<Value> = self
+            .container_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                json!({
+                    "name": format!("c{i}"), "containerID": id, "image": "registry.k8s.io/pause:3.10",
+                    "imageID": "", "ready": true, "restartCount": 0, "started": true,
+                    "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
+                })
+            })
+            .collect();
+        let containers: Vec<Value> = (0..self.container_ids.len().max(1))
+            .map(|i| json!({"name": format!("c{i}"), "image": "registry.k8s.io/pause:3.10"}))
+            .collect();
+        let mut status = json!({
+            "phase": if self.phase.is_empty() { "Running" } else { &self.phase },
+            "containerStatuses": statuses,
+        });
+        if let Some(ip) = &self.ip {
+            status["podIP"] = json!(ip);
+            status["podIPs"] = json!([{"ip": ip}]);
+        }
+        if let Some(ip) = &self.host_ip {
+            status["hostIP"] = json!(ip);
+            status["hostIPs"] = json!([{"ip": ip}]);
+        }
+        json!({
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": self.name, "namespace": self.namespace, "uid": self.uid(),
+                "creationTimestamp": "2025-01-01T00:00:00Z", "labels": labels,
+            },
+            "spec": {
+                "containers": containers, "restartPolicy": "Always",
+                "nodeName": self.node, "hostNetwork": self.host_network,
+            },
+            "status": status,
+        })
     }
 }
 
@@ -838,6 +972,22 @@ impl FakeKubeApi {
         objects
             .change(Resource::Pods, namespace, name, Some(labels))
             .unwrap_or_default()
+    }
+
+    /// Creates or replaces a whole pod (status, IPs, containers) as kubelet would report
+    /// it; watchers get `ADDED` or `MODIFIED`. The namespace is created first when it doesn't
+    /// exist. Returns the change's resourceVersion.
+    pub fn put_pod(&self, pod: &PodFixture) -> u64 {
+        let mut objects = self.objects();
+        let key = (String::new(), pod.namespace.clone());
+        if !objects
+            .collection(Resource::Namespaces)
+            .objects
+            .contains_key(&key)
+        {
+            objects.change(Resource::Namespaces, "", &pod.namespace, Some(&[]));
+        }
+        objects.put(Resource::Pods, &pod.namespace, &pod.name, pod.to_json())
     }
 
     /// Deletes the pod `namespace/name` (watchers get `DELETED`); returns the change's
@@ -1202,12 +1352,42 @@ fn bookmark_line(resource: Resource, meta_only: bool, rv: u64) -> String {
     line
 }
 
-/// A 400 when the request has a label or field selector (the fake would ignore it).
-fn unsupported_selector(request: &Recorded) -> Option<(u16, Value)> {
-    ["labelSelector", "fieldSelector"]
-        .into_iter()
-        .find(|p| request.param(p).is_some_and(|v| !v.is_empty()))
-        .map(|p| status(400, "BadRequest", &format!("the fake does not support {p}")))
+/// The node a `fieldSelector=spec.nodeName=<node>` on pods asks for (what a node agent
+/// such as the bridge sends); a 400 for a label selector or any other field selector (the
+/// fake would ignore it).
+fn node_selector(request: &Recorded, target: &Target) -> Result<Option<String>, (u16, Value)> {
+    if request
+        .param("labelSelector")
+        .is_some_and(|v| !v.is_empty())
+    {
+        return Err(status(
+            400,
+            "BadRequest",
+            "the fake does not support labelSelector",
+        ));
+    }
+    let Some(fields) = request.param("fieldSelector").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let node = fields
+        .strip_prefix("spec.nodeName==")
+        .or_else(|| fields.strip_prefix("spec.nodeName="))
+        .filter(|n| target.resource == Resource::Pods && !n.contains(','));
+    match node {
+        Some(n) => Ok(Some(n.to_owned())),
+        None => Err(status(
+            400,
+            "BadRequest",
+            &format!(
+                "the fake supports only fieldSelector=spec.nodeName=<node> on pods, not {fields:?}"
+            ),
+        )),
+    }
+}
+
+/// Whether a pod runs on `node` (any object when `node` is `None`).
+fn on_node(object: &Value, node: Option<&str>) -> bool {
+    node.is_none_or(|n| object["spec"]["nodeName"].as_str() == Some(n))
 }
 
 fn start_watch(
@@ -1215,9 +1395,7 @@ fn start_watch(
     state: &State,
     target: &Target,
 ) -> Result<WatchStream, (u16, Value)> {
-    if let Some(bad) = unsupported_selector(request) {
-        return Err(bad);
-    }
+    let node = node_selector(request, target)?;
     let meta_only = request
         .header("accept")
         .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
@@ -1243,29 +1421,24 @@ fn start_watch(
     let watcher = Watcher {
         id,
         namespace: target.namespace.clone(),
+        node,
         meta_only,
         bookmarks,
         tx,
     };
     let collection = objects.collection(target.resource);
-    let namespace_of = |object: &Value| {
-        object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
     match from {
         // From "any" version: the current objects first, as synthetic ADDED events.
         None => {
             for object in collection.objects.values() {
-                if watcher.wants(&namespace_of(object)) {
+                if watcher.wants(object) {
                     let _ = watcher.tx.send(watcher.line("ADDED", object));
                 }
             }
         }
         Some(from) => {
             for (rv, event, object) in &collection.log {
-                if *rv > from && watcher.wants(&namespace_of(object)) {
+                if *rv > from && watcher.wants(object) {
                     let _ = watcher.tx.send(watcher.line(event, object));
                 }
             }
@@ -1360,9 +1533,10 @@ fn discovery_document(path: &str) -> Option<Value> {
 }
 
 fn list(request: &Recorded, state: &State, target: &Target) -> (u16, Value) {
-    if let Some(bad) = unsupported_selector(request) {
-        return bad;
-    }
+    let node = match node_selector(request, target) {
+        Ok(node) => node,
+        Err(bad) => return bad,
+    };
     let meta_only = request
         .header("accept")
         .is_some_and(|a| a.contains("as=PartialObjectMetadataList"));
@@ -1411,6 +1585,7 @@ fn list(request: &Recorded, state: &State, target: &Target) -> (u16, Value) {
         .iter()
         .filter(|((ns, _), _)| target.namespace.as_deref().is_none_or(|t| t == ns))
         .map(|(_, object)| object)
+        .filter(|object| on_node(object, node.as_deref()))
         .collect();
     let total = selected.len();
     let items: Vec<Value> = selected

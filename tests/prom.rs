@@ -19,7 +19,7 @@ use crate::process::ChildGuard;
 use crate::util::{PATIENCE, eventually, free_tcp_port, parse_value, require_program, scaled};
 
 /// The install hint for `prometheus` and `promtool`.
-const PROMETHEUS_HINT: &str = "apt-get install prometheus";
+pub const PROMETHEUS_HINT: &str = "apt-get install prometheus";
 
 /// One element of an instant-vector query result.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,3 +9,4 @@ mod adapter_vm;
 mod bridge;
 mod listeners;
 mod mapping;
+mod origin;

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Send DogStatsD traffic with the real Datadog client (`datadog` package).
 
-Usage: send.py --host 127.0.0.1 --port 8125 < ops.json
+Usage: send.py --host 127.0.0.1 --port 8125 [--source 127.0.0.11] < ops.json
        send.py --socket-path /path/to/dsd.socket < ops.json   (unix datagram socket)
+
+--source binds the UDP socket to that address (a pod's IP); --container-id is the client's
+own `container_id=` argument, which ends every line with `|c:<ID>`.
 
 stdin is a JSON list of operations, each an object with an "op" and its arguments:
 
@@ -31,7 +34,7 @@ for _key in list(os.environ):
     if _key.startswith(("DD_", "DATADOG_")):
         del os.environ[_key]
 
-from datadog.dogstatsd import DogStatsd  # noqa: E402
+from bound_client import BoundDogStatsd  # noqa: E402
 
 METRIC_OPS = ("increment", "decrement", "gauge", "timing", "histogram", "distribution", "set")
 
@@ -67,6 +70,8 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int)
     parser.add_argument("--socket-path", help="send over this unix socket instead of UDP")
+    parser.add_argument("--source", help="bind the UDP socket to this address")
+    parser.add_argument("--container-id", help="the client's container_id (adds |c:<id>)")
     args = parser.parse_args()
     if (args.port is None) == (args.socket_path is None):
         parser.error("give either --port (UDP) or --socket-path (unix socket)")
@@ -80,14 +85,21 @@ def main():
         print("stdin must be a JSON list of operations", file=sys.stderr)
         return 2
 
-    client = DogStatsd(
+    extra = {}
+    if args.container_id is not None:
+        extra["container_id"] = args.container_id
+        extra["origin_detection_enabled"] = True
+    else:
+        extra["origin_detection_enabled"] = False
+    client = BoundDogStatsd(
+        source=args.source,
         disable_telemetry=True,
         disable_buffering=True,
         disable_aggregation=True,
         disable_background_sender=True,
-        origin_detection_enabled=False,
         track_instance=False,
-        **target
+        **target,
+        **extra
     )
 
     # Record what the client actually puts on the wire (and whether the send worked).
