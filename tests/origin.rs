@@ -544,3 +544,64 @@ fn kubernetes_mode_without_a_node_name_fails_at_start() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("NODE_NAME"), "{stderr}");
 }
+
+#[test]
+fn lines_wait_for_the_first_pod_list_and_the_watch_survives_an_outage() {
+    let fake = FakeKubeApi::start_with_objects();
+    fake.put_pod(&web_pod("web-1", "127.0.0.11"));
+    fake.hold_lists(true);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bridge = kube_bridge(&fake, dir.path(), "");
+    eventually("the bridge's pod list to be held", PATIENCE, || {
+        ensure!(fake.held_lists() >= 1, "no list waiting yet");
+        Ok(())
+    });
+    let r = bridge.get("/readyz").expect("GET /readyz");
+    assert_eq!(r.status, 503, "ready before the pod list arrived");
+    // Sent before the list: the kernel holds it until the listeners start, so it still gets
+    // its pod's labels.
+    send_from(&bridge, "127.0.0.11", &[op::increment("early", 1, &[])]);
+    fake.hold_lists(false);
+    wait_ready(&bridge);
+    let web1 = [("app", "web"), ("namespace", "shop"), ("pod", "web-1")];
+    eventually("the early line with its pod's labels", PATIENCE, || {
+        let m = bridge.metrics_map()?;
+        ensure!(get(&m, &key("early", &web1))? == 1.0, "early");
+        ensure!(
+            !m.contains_key(&key("early", &[])),
+            "an early line went unlabelled"
+        );
+        Ok(())
+    });
+
+    // The kube-apiserver goes away and comes back: the watch restarts and sees what changed.
+    fake.set_down(true).expect("taking the fake down");
+    eventually("the watch to notice the outage", PATIENCE, || {
+        let m = bridge.metrics_map()?;
+        ensure!(
+            self_metric(&m, "statsd_bridge_origin_watch_restarts_total{}") >= 1.0,
+            "no restart counted"
+        );
+        Ok(())
+    });
+    fake.set_down(false).expect("bringing the fake back");
+    fake.put_pod(&web_pod("web-2", "127.0.0.12"));
+    eventually(
+        "a pod added during the outage to be known",
+        PATIENCE,
+        || {
+            send_from(&bridge, "127.0.0.12", &[op::increment("late", 1, &[])]);
+            let m = bridge.metrics_map()?;
+            get(
+                &m,
+                &key(
+                    "late",
+                    &[("app", "web"), ("namespace", "shop"), ("pod", "web-2")],
+                ),
+            )?;
+            Ok(())
+        },
+    );
+    // Ready all along: an outage of the kube-apiserver doesn't take the bridge out.
+    assert_eq!(bridge.get("/readyz").expect("GET /readyz").status, 200);
+}

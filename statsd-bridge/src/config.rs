@@ -859,4 +859,130 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn origin_table_cases() {
+        let o = |body: &str| format!("version = 1\n[bridge.origin]\n{body}\n");
+        let cases: Vec<(&str, String, Result<(), &str>)> = vec![
+            ("defaults", o(""), Ok(())),
+            ("off", o("mode = \"off\""), Ok(())),
+            (
+                "bad mode",
+                o("mode = \"dns\""),
+                Err("pipeline.toml:3:8: field `bridge.origin.mode`: unknown variant `dns`"),
+            ),
+            (
+                "static without entries",
+                o("mode = \"static\""),
+                Err("field `bridge.origin.static`: mode = \"static\" needs at least one"),
+            ),
+            (
+                "static entry",
+                o(
+                    "mode = \"static\"\n[[bridge.origin.static]]\nsource = \"10.0.0.0/8\"\nlabels = { pod = \"p\" }",
+                ),
+                Ok(()),
+            ),
+            (
+                "bad CIDR",
+                o("[[bridge.origin.static]]\nsource = \"10.0.0.0/40\"\nlabels = { pod = \"p\" }"),
+                Err(
+                    "pipeline.toml:3:1: field `bridge.origin.static[0].source`: `10.0.0.0/40`: the prefix length must be 0 to 32",
+                ),
+            ),
+            (
+                "bad static label",
+                o("[[bridge.origin.static]]\nsource = \"::1\"\nlabels = { \"a-b\" = \"p\" }"),
+                Err(
+                    "field `bridge.origin.static[0].labels`: `a-b` is not a valid Prometheus label name",
+                ),
+            ),
+            (
+                "no labels",
+                o("[[bridge.origin.static]]\nsource = \"::1\"\nlabels = {}"),
+                Err("field `bridge.origin.static[0].labels`: no labels"),
+            ),
+            (
+                "bad label name",
+                o("pod_label = \"k8s.pod\""),
+                Err(
+                    "pipeline.toml:3:13: field `bridge.origin.pod_label`: `k8s.pod` is not a valid",
+                ),
+            ),
+            (
+                "reserved label name",
+                o("namespace_label = \"__ns\""),
+                Err("field `bridge.origin.namespace_label`"),
+            ),
+            (
+                "same names",
+                o("pod_label = \"namespace\""),
+                Err("must differ"),
+            ),
+            (
+                "empty pod label key",
+                o("pod_labels = [\"app\", \"\"]"),
+                Err("empty pod label key"),
+            ),
+            (
+                "bad precedence",
+                o("precedence = \"both\""),
+                Err("field `bridge.origin.precedence`"),
+            ),
+            (
+                "unknown key",
+                o("node = \"x\""),
+                Err("field `bridge.origin.node`: unknown field"),
+            ),
+        ];
+        for (name, src, want) in cases {
+            let got = load(&src);
+            match (want, &got) {
+                (Ok(()), Ok(_)) => {}
+                (Err(sub), Err(e)) if e.contains(sub) => {}
+                _ => panic!("{name}: want {want:?}, got {:?}", got.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn origin_mode_is_resolved_from_the_environment() {
+        let cfg = load("version = 1\n").unwrap();
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        // auto outside a pod: off.
+        assert!(matches!(
+            cfg.origin(env(&[])).unwrap().mode,
+            origin::Mode::Off
+        ));
+        // auto in a pod: the node from NODE_NAME.
+        let in_pod = cfg
+            .origin(env(&[
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("NODE_NAME", "node-a"),
+            ]))
+            .unwrap();
+        assert!(
+            matches!(&in_pod.mode, origin::Mode::Kubernetes { node, kubeconfig: None } if node == "node-a"),
+            "{:?}",
+            in_pod.mode
+        );
+        // In a pod without NODE_NAME: a clear error, not a bridge without labels.
+        let err = cfg
+            .origin(env(&[("KUBERNETES_SERVICE_HOST", "10.96.0.1")]))
+            .unwrap_err();
+        assert!(err.contains("NODE_NAME") && err.contains("auto"), "{err}");
+        // The file's node name wins over the environment.
+        let named = load("version = 1\n[bridge.origin]\nmode = \"kubernetes\"\nnode_name = \"n1\"\nkubeconfig = \"/k\"\nprecedence = \"origin\"\n").unwrap();
+        let s = named.origin(env(&[("NODE_NAME", "n2")])).unwrap();
+        assert!(
+            matches!(&s.mode, origin::Mode::Kubernetes { node, kubeconfig: Some(k) } if node == "n1" && k.as_os_str() == "/k")
+        );
+        assert!(s.origin_wins);
+    }
 }

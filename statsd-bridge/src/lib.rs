@@ -516,3 +516,91 @@ pub async fn run(
     tracing::info!("statsd-bridge stopped.");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::StoreConfig;
+    use crate::origin::index::PodRecord;
+    use crate::protocol::ParseOptions;
+
+    #[test]
+    fn deleted_pods_lose_exactly_their_series_after_the_ttl() {
+        let settings = origin::Settings {
+            mode: origin::Mode::Kubernetes {
+                node: "n".to_owned(),
+                kubeconfig: None,
+            },
+            names: origin::LabelNames::new("k8s_namespace", "k8s_pod", &[]),
+            pod_ttl: Duration::from_secs(60),
+            ..origin::Settings::off()
+        };
+        let origin = Arc::new(Origin::new(&settings));
+        let store = Store::new(StoreConfig::default(), []);
+        let mut worker = ingest::Worker::unmapped(store.config()).with_origin(&origin);
+        let t0 = std::time::Instant::now();
+        let pods = origin.pods().unwrap();
+        for (uid, name, ip) in [("u1", "a", "10.0.0.1"), ("u2", "b", "10.0.0.2")] {
+            pods.update(|i| {
+                i.upsert(PodRecord {
+                    uid: uid.to_owned(),
+                    namespace: "ns".to_owned(),
+                    name: name.to_owned(),
+                    ips: vec![ip.parse().unwrap()],
+                    ..PodRecord::default()
+                })
+            });
+            worker.set_sender(origin::Sender::Ip(ip.parse().unwrap()), t0);
+            for line in ["x:1|c", "y:1|g|#k:v"] {
+                ingest::ingest_line(
+                    &store,
+                    line.as_bytes(),
+                    &ParseOptions::default(),
+                    &mut worker,
+                    t0,
+                );
+            }
+        }
+        // A series that names pod `a` in another namespace by its own tags stays.
+        worker.set_sender(origin::Sender::Unknown, t0);
+        ingest::ingest_line(
+            &store,
+            b"x:1|c|#k8s_namespace:other,k8s_pod:a",
+            &ParseOptions::default(),
+            &mut worker,
+            t0,
+        );
+        assert_eq!(store.len(), 5);
+        pods.update(|i| i.remove("u1", t0));
+        assert_eq!(
+            expire_deleted_pods(&store, &origin, t0 + Duration::from_secs(59)),
+            0
+        );
+        assert_eq!(
+            expire_deleted_pods(&store, &origin, t0 + Duration::from_secs(60)),
+            2
+        );
+        assert_eq!(store.len(), 3);
+        let left: Vec<String> = store
+            .snapshot(t0)
+            .series
+            .iter()
+            .map(|s| {
+                s.labels()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        assert!(
+            left.iter()
+                .all(|l| !l.contains("k8s_pod=a") || l.contains("k8s_namespace=other")),
+            "{left:?}"
+        );
+        // Done once: a second sweep finds nothing to do.
+        assert_eq!(
+            expire_deleted_pods(&store, &origin, t0 + Duration::from_secs(120)),
+            0
+        );
+    }
+}

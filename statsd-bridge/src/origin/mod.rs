@@ -526,3 +526,177 @@ impl Cursor {
         std::mem::take(&mut self.counts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::index::PodRecord;
+    use super::*;
+    use crate::aggregate::{Store, StoreConfig};
+    use crate::ingest::{Worker, ingest_line};
+    use crate::protocol::ParseOptions;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn settings(mode: Mode, origin_wins: bool) -> Settings {
+        Settings {
+            mode,
+            names: LabelNames::new("namespace", "pod", &["app".to_owned()]),
+            origin_wins,
+            ..Settings::off()
+        }
+    }
+
+    fn kube() -> Mode {
+        Mode::Kubernetes {
+            node: "n".to_owned(),
+            kubeconfig: None,
+        }
+    }
+
+    fn pod(uid: &str, name: &str, ip: &str) -> PodRecord {
+        PodRecord {
+            uid: uid.to_owned(),
+            namespace: "shop".to_owned(),
+            name: name.to_owned(),
+            ips: vec![ip.parse().unwrap()],
+            labels: vec![("app".to_owned(), "web".to_owned())],
+            containers: vec![ID.to_owned()],
+            ..PodRecord::default()
+        }
+    }
+
+    /// Ingests `lines` as one datagram from `sender` and returns the series keys, rendered
+    /// `name{k=v,…}`.
+    fn ingest(origin: &Arc<Origin>, sender: Sender, lines: &[&str]) -> Vec<String> {
+        let store = Store::new(StoreConfig::default(), []);
+        let mut worker = Worker::unmapped(store.config()).with_origin(origin);
+        let now = Instant::now();
+        worker.set_sender(sender, now);
+        for line in lines {
+            ingest_line(
+                &store,
+                line.as_bytes(),
+                &ParseOptions::default(),
+                &mut worker,
+                now,
+            );
+        }
+        store
+            .snapshot(now)
+            .series
+            .iter()
+            .map(|s| {
+                let labels: Vec<String> = s.labels().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{}{{{}}}", s.name(), labels.join(","))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_senders_pod_labels_every_line_of_its_datagram() {
+        let origin = Arc::new(Origin::new(&settings(kube(), false)));
+        let pods = origin.pods().unwrap();
+        pods.update(|i| i.upsert(pod("u1", "web-1", "10.1.0.11")));
+        let from = Sender::Ip("10.1.0.11".parse().unwrap());
+        assert_eq!(
+            ingest(&origin, from, &["a:1|c|#route:/x", "b:2|g", "_e{1,1}:t|x"]),
+            [
+                "a{app=web,namespace=shop,pod=web-1,route=/x}",
+                "b{app=web,namespace=shop,pod=web-1}",
+                "statsd_events_total{alert_type=info,app=web,namespace=shop,pod=web-1}",
+            ]
+        );
+        // Unknown senders and unknown sockets get nothing.
+        let nobody = Sender::Ip("10.1.0.99".parse().unwrap());
+        assert_eq!(ingest(&origin, nobody, &["a:1|c"]), ["a{}"]);
+        assert_eq!(ingest(&origin, Sender::Unknown, &["a:1|c"]), ["a{}"]);
+    }
+
+    #[test]
+    fn tags_win_by_default_and_origin_wins_when_asked() {
+        let table = StaticTable::new(vec![(
+            table::Cidr::parse("10.0.0.0/8").unwrap(),
+            Arc::from(vec![("pod".to_owned(), "from-table".to_owned())]),
+        )]);
+        let from = Sender::Ip("10.9.9.9".parse().unwrap());
+        let tags_win = Arc::new(Origin::new(&settings(Mode::Static(table.clone()), false)));
+        assert_eq!(
+            ingest(&tags_win, from, &["a:1|c|#pod:mine"]),
+            ["a{pod=mine}"]
+        );
+        let origin_wins = Arc::new(Origin::new(&settings(Mode::Static(table), true)));
+        assert_eq!(
+            ingest(&origin_wins, from, &["a:1|c|#pod:mine"]),
+            ["a{pod=from-table}"]
+        );
+    }
+
+    #[test]
+    fn a_known_container_field_names_the_line_and_only_it() {
+        let origin = Arc::new(Origin::new(&settings(kube(), false)));
+        origin.pods().unwrap().update(|i| {
+            i.upsert(pod("u1", "web-1", "10.1.0.11"));
+            i.upsert(PodRecord {
+                containers: vec!["f".repeat(64)],
+                ..pod("u2", "worker-0", "10.1.0.12")
+            });
+        });
+        let from = Sender::Ip("10.1.0.12".parse().unwrap());
+        let keys = ingest(
+            &origin,
+            from,
+            &[
+                &format!("a:1|c|c:ci-{ID}"),
+                "b:1|c",
+                "c:1|c|c:ci-unknown",
+                &format!("d:1|c|c:containerd://{}", ID.to_ascii_uppercase()),
+            ],
+        );
+        assert_eq!(
+            keys,
+            [
+                "a{app=web,namespace=shop,pod=web-1}",
+                "b{app=web,namespace=shop,pod=worker-0}",
+                "c{app=web,namespace=shop,pod=worker-0}",
+                "d{app=web,namespace=shop,pod=web-1}",
+            ]
+        );
+    }
+
+    #[test]
+    fn cursors_see_index_changes_and_count_lookups() {
+        let origin = Arc::new(Origin::new(&settings(kube(), false)));
+        let pods = origin.pods().unwrap();
+        let mut cursor = origin.cursor();
+        let from = Sender::Ip("10.1.0.11".parse().unwrap());
+        let now = Instant::now();
+        assert_eq!(cursor.sender(from, now), None);
+        pods.update(|i| i.upsert(pod("u1", "web-1", "10.1.0.11")));
+        assert!(
+            cursor.sender(from, now).is_some(),
+            "the cache must follow the index"
+        );
+        pods.update(|i| i.remove("u1", now));
+        assert_eq!(cursor.sender(from, now), None);
+        let counts = cursor.take_counts();
+        assert_eq!(counts[Source::Ip as usize][Outcome::Hit as usize], 1);
+        assert_eq!(counts[Source::Ip as usize][Outcome::Miss as usize], 2);
+        assert_eq!(cursor.take_counts(), LookupCounts::default());
+        assert!(!origin.ready(), "not ready before the first list");
+        pods.mark_synced();
+        assert!(origin.ready());
+    }
+
+    #[test]
+    fn off_costs_nothing_and_labels_nothing() {
+        let origin = Arc::new(Origin::off());
+        assert!(!origin.is_enabled() && origin.ready());
+        let mut cursor = origin.cursor();
+        assert_eq!(
+            cursor.sender(Sender::Ip("10.0.0.1".parse().unwrap()), Instant::now()),
+            None
+        );
+        assert_eq!(cursor.take_counts(), LookupCounts::default());
+        assert!(origin.take_expired(Instant::now()).is_empty());
+    }
+}
