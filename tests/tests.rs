@@ -8,5 +8,6 @@ mod adapter_objects;
 mod adapter_vm;
 mod bridge;
 mod listeners;
+mod manifests;
 mod mapping;
 mod origin;
