@@ -295,7 +295,7 @@ impl Scratch {
     fn push_origin(&mut self, kind: Kind, outcome: &mut Outcome) {
         if let Some(labels) = self.origin.take() {
             for (k, v) in labels.iter() {
-                self.push_label(k, v, kind, outcome);
+                self.push_label_as(k, v, kind, outcome, true);
             }
             self.origin = Some(labels);
         }
@@ -909,8 +909,18 @@ impl Scratch {
     }
 
     fn push_label(&mut self, k: &str, v: &str, kind: Kind, outcome: &mut Outcome) {
+        self.push_label_as(k, v, kind, outcome, false);
+    }
+
+    /// `clean`: `k` is already a valid label name (origin labels are checked at start), so
+    /// it is copied, not sanitized.
+    fn push_label_as(&mut self, k: &str, v: &str, kind: Kind, outcome: &mut Outcome, clean: bool) {
         let k_start = self.text.len();
-        common::prom::sanitize_name_into(k, &mut self.text);
+        if clean {
+            self.text.push_str(k);
+        } else {
+            common::prom::sanitize_name_into(k, &mut self.text);
+        }
         let renamed = {
             let key = self.text.get(k_start..).unwrap_or("");
             key.starts_with("__")
