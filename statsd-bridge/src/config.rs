@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::aggregate::{DEFAULT_BUCKETS, ObserverType, SignedGauge, StoreConfig, SummaryOptions};
 use crate::mapping::yaml::{self, Rule as MappingRule};
-use crate::mapping::{DefaultsSpec, Mapper, MappingError, MappingSpec, MatchType};
+use crate::mapping::{DefaultsSpec, Mapper, MappingError, MappingSpec, MatchType, NativeSpec};
 use crate::origin::{
     self,
     table::{Cidr, StaticTable},
@@ -90,6 +90,15 @@ pub struct BridgeConfig {
     pub observer_type: ObserverType,
     /// Histogram bucket upper bounds (seconds for timers), strictly increasing.
     pub histogram_buckets: Spanned<Vec<f64>>,
+    /// Native histograms next to the classic buckets (served in the protobuf format, which
+    /// Prometheus asks for with `--enable-feature=native-histograms`): above 1 turns them on,
+    /// the widest growth from one bucket to the next (1.1 → schema 3). statsd_exporter's
+    /// `native_histogram_bucket_factor`; a mapping file's `histogram_options` override it.
+    pub native_histogram_bucket_factor: Spanned<f64>,
+    /// Populated native buckets per series at most (0: 160); past it the resolution halves.
+    pub native_histogram_max_buckets: u32,
+    /// Observations this close to zero count in the zero bucket; default 2^-128.
+    pub native_histogram_zero_threshold: Option<f64>,
     /// Summary quantiles, each in (0, 1).
     pub summary_quantiles: Spanned<Vec<f64>>,
     /// How long an observation counts towards summary quantiles.
@@ -247,6 +256,9 @@ impl Default for BridgeConfig {
             read_buffer: ByteSize(8 << 20),
             observer_type: ObserverType::Histogram,
             histogram_buckets: Spanned::new(0..0, DEFAULT_BUCKETS.to_vec()),
+            native_histogram_bucket_factor: Spanned::new(0..0, 0.0),
+            native_histogram_max_buckets: 0,
+            native_histogram_zero_threshold: None,
             summary_quantiles: Spanned::new(0..0, vec![0.5, 0.9, 0.99]),
             summary_max_age: Duration(std::time::Duration::from_secs(600)),
             summary_age_buckets: Spanned::new(0..0, 5),
@@ -428,6 +440,24 @@ impl Config {
                 "must be finite, strictly increasing and not empty".to_owned(),
             ));
         }
+        let factor = *bridge.native_histogram_bucket_factor.get_ref();
+        if !factor.is_finite() || factor < 0.0 {
+            return Err(err(
+                bridge.native_histogram_bucket_factor.span(),
+                "bridge.native_histogram_bucket_factor",
+                "must be 0 (off) or a finite number above 1".to_owned(),
+            ));
+        }
+        if bridge
+            .native_histogram_zero_threshold
+            .is_some_and(|z| !z.is_finite() || z < 0.0)
+        {
+            return Err(err(
+                0..0,
+                "bridge.native_histogram_zero_threshold",
+                "must be a finite number, 0 or more".to_owned(),
+            ));
+        }
         if bridge
             .summary_quantiles
             .get_ref()
@@ -530,13 +560,11 @@ impl Config {
                 ..base
             };
             let mut rules = Vec::new();
-            let mut warnings = Vec::new();
+            let warnings = Vec::new();
             for rule in &bridge.mapping {
                 let (line, col) = common::config::line_col(src, rule.span().start);
                 let position = format!("{}:{line}:{col}", path.display());
-                let (spec, warning) = yaml::rule_spec(rule.get_ref().clone(), position);
-                rules.push(spec);
-                warnings.extend(warning);
+                rules.push(yaml::rule_spec(rule.get_ref().clone(), position));
             }
             (MappingSpec { defaults, rules }, warnings)
         };
@@ -710,6 +738,11 @@ fn store_config(b: &BridgeConfig) -> StoreConfig {
     StoreConfig {
         observer: b.observer_type,
         buckets: Arc::from(b.histogram_buckets.get_ref().as_slice()),
+        native: NativeSpec {
+            factor: Some(*b.native_histogram_bucket_factor.get_ref()),
+            max_buckets: Some(b.native_histogram_max_buckets),
+            zero_threshold: b.native_histogram_zero_threshold,
+        },
         summary: Arc::new(SummaryOptions {
             quantiles: b.summary_quantiles.get_ref().clone(),
             max_age: b.summary_max_age.0,

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use crate::aggregate::{Kind, SeriesSnapshot, Snapshot, Value};
 
+pub mod protobuf;
+
 /// The content type of the 0.0.4 text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -31,6 +33,8 @@ pub enum Format {
     Text,
     /// OpenMetrics 1.0: counter samples end in `_total`, no `_created`, `# EOF` last.
     OpenMetrics,
+    /// Prometheus' protobuf format: the only one with native histograms.
+    Protobuf,
 }
 
 impl Format {
@@ -39,6 +43,7 @@ impl Format {
         match self {
             Self::Text => TEXT_CONTENT_TYPE,
             Self::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Self::Protobuf => protobuf::PROTOBUF_CONTENT_TYPE,
         }
     }
 }
@@ -58,6 +63,10 @@ pub fn encode(snapshot: &Snapshot, format: Format, out: &mut String) {
 
 /// [`encode`] into bytes: what the HTTP edge sends.
 pub fn encode_bytes(snapshot: &Snapshot, format: Format, out: &mut Vec<u8>) {
+    if format == Format::Protobuf {
+        protobuf::encode_protobuf(snapshot, out);
+        return;
+    }
     let mut current: Option<&str> = None;
     // Looked up once per family, not per series.
     let mut is_om_counter = false;
@@ -273,6 +282,7 @@ fn encode_series(
             bounds,
             cumulative,
             sum,
+            native: _,
             count,
         } => {
             let les = le.get(bounds);

@@ -76,19 +76,39 @@ pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) ->
             encode_families_openmetrics(&families, &mut out);
             out.extend_from_slice(b"# EOF\n");
         }
+        Format::Protobuf => crate::expose::protobuf::encode_families_protobuf(&families, &mut out),
     }
     out
 }
 
-/// OpenMetrics when enabled and the scraper lists it in `Accept`, else text 0.0.4 whatever
-/// `Accept` says (Prometheus asks for OpenMetrics first; answering it would rename counters).
+/// Protobuf when the scraper lists it in `Accept` (Prometheus does with native histograms
+/// on; it keeps counter names and carries native histograms); OpenMetrics when enabled and
+/// listed; else text 0.0.4 whatever `Accept` says (Prometheus asks for OpenMetrics first;
+/// answering it would rename counters).
 fn negotiate(headers: &HeaderMap, openmetrics: bool) -> Format {
-    let wants_om = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    if openmetrics && wants_om {
+    let accepts = || {
+        headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    let wants_protobuf = accepts().flat_map(|v| v.split(',')).any(|media| {
+        let params: Vec<String> = media
+            .split(';')
+            .map(|p| p.trim().replace(' ', ""))
+            .collect();
+        let has = |p: &str| params.iter().any(|x| x == p);
+        params
+            .first()
+            .is_some_and(|t| t == "application/vnd.google.protobuf")
+            && has("proto=io.prometheus.client.MetricFamily")
+            && has("encoding=delimited")
+            && !has("q=0")
+    });
+    let wants_om = accepts().any(|v| v.contains("application/openmetrics-text"));
+    if wants_protobuf {
+        Format::Protobuf
+    } else if openmetrics && wants_om {
         Format::OpenMetrics
     } else {
         Format::Text
@@ -244,6 +264,18 @@ mod tests {
             Format::Text
         );
         assert_eq!(negotiate(&HeaderMap::new(), true), Format::Text);
+        // Prometheus with --enable-feature=native-histograms.
+        let native = headers(&[(
+            "accept",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+        )]);
+        assert_eq!(negotiate(&native, false), Format::Protobuf);
+        assert_eq!(negotiate(&native, true), Format::Protobuf);
+        let text_proto = headers(&[(
+            "accept",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+        )]);
+        assert_eq!(negotiate(&text_proto, false), Format::Text);
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub fn defaults_of(cfg: &StoreConfig) -> DefaultsSpec {
         ttl: cfg.ttl,
         buckets: cfg.buckets.to_vec(),
         summary: (*cfg.summary).clone(),
+        native: cfg.native,
     }
 }
 

@@ -15,6 +15,7 @@
     clippy::panic
 )]
 
+pub mod native;
 pub mod summary;
 
 use std::collections::HashSet;
@@ -27,8 +28,10 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use crate::mapping::NativeSpec;
 use crate::origin::OriginLabels;
 use crate::protocol::{Event, MetricType, Sample, ServiceCheck, Tag, Tags};
+use native::{NativeHistogram, NativeOptions, NativeSnapshot};
 use summary::Sketch;
 pub use summary::SummaryOptions;
 
@@ -66,6 +69,8 @@ pub struct StoreConfig {
     pub observer: ObserverType,
     /// Histogram bucket upper bounds, sorted, without `+Inf`.
     pub buckets: Arc<[f64]>,
+    /// Native histograms (off unless the factor is above 1).
+    pub native: NativeSpec,
     /// Summary settings.
     pub summary: Arc<SummaryOptions>,
     /// Window over which a set counts distinct members.
@@ -92,6 +97,7 @@ impl Default for StoreConfig {
         Self {
             observer: ObserverType::Histogram,
             buckets: Arc::from(DEFAULT_BUCKETS.as_slice()),
+            native: NativeSpec::default(),
             summary: Arc::new(SummaryOptions::default()),
             set_window: Duration::from_secs(60),
             set_max_members: 100_000,
@@ -118,6 +124,8 @@ pub struct Target<'a> {
     pub observer: ObserverType,
     /// Histogram buckets.
     pub buckets: &'a Arc<[f64]>,
+    /// Native histograms next to the classic buckets, when on.
+    pub native: Option<NativeOptions>,
     /// Summary settings.
     pub summary: &'a Arc<SummaryOptions>,
     /// Idle time after which the series goes; zero keeps it.
@@ -220,6 +228,7 @@ pub struct Outcome {
 
 #[derive(Debug)]
 struct HistogramCell {
+    native: Option<NativeHistogram>,
     bounds: Arc<[f64]>,
     /// Per bucket, not cumulative; one extra slot for `+Inf`.
     counts: Box<[f64]>,
@@ -412,6 +421,7 @@ impl Store {
             honor_labels: false,
             observer: self.cfg.observer,
             buckets: &self.cfg.buckets,
+            native: self.cfg.native.options(),
             summary: &self.cfg.summary,
             ttl: self.cfg.ttl,
             help: None,
@@ -586,6 +596,7 @@ impl Store {
                 members: HashSet::new(),
             })),
             Kind::Histogram => Cell::Histogram(Box::new(HistogramCell {
+                native: target.native.as_ref().map(NativeHistogram::new),
                 bounds: Arc::clone(target.buckets),
                 counts: vec![0.0; target.buckets.len() + 1].into_boxed_slice(),
                 sum: 0.0,
@@ -617,6 +628,9 @@ impl Store {
                         *c += weight;
                     } else if let Some(inf) = h.counts.last_mut() {
                         *inf += weight; // NaN lands past every bound.
+                    }
+                    if let Some(native) = &mut h.native {
+                        native.observe(value, weight);
                     }
                     h.sum += value * weight;
                     h.count += weight;
@@ -788,6 +802,7 @@ impl Store {
                         cumulative,
                         sum: h.sum,
                         count: h.count,
+                        native: h.native.as_ref().map(|n| Box::new(n.snapshot())),
                     }
                 }
                 Cell::Summary(s) => Value::Summary {
@@ -958,6 +973,8 @@ pub enum Value {
         sum: f64,
         /// Count of observations (weighted).
         count: f64,
+        /// The native histogram, when on (only the protobuf format carries it).
+        native: Option<Box<NativeSnapshot>>,
     },
     /// Summary with its quantiles.
     Summary {

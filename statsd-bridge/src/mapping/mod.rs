@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
+use crate::aggregate::native::NativeOptions;
 use crate::aggregate::{ObserverType, SummaryOptions, Target};
 use crate::protocol::MetricType;
 use glob::GlobTree;
@@ -137,6 +138,8 @@ pub struct RuleSpec {
     pub observer_type: Option<ObserverType>,
     /// `histogram_options.buckets`; `Some(None)` is a histogram_options block without buckets.
     pub histogram_options: Option<Option<Vec<f64>>>,
+    /// `histogram_options.native_histogram_*`.
+    pub native: NativeSpec,
     /// Legacy top-level `buckets`.
     pub legacy_buckets: Option<Vec<f64>>,
     /// `summary_options`.
@@ -166,6 +169,40 @@ pub struct DefaultsSpec {
     pub buckets: Vec<f64>,
     /// Summary settings.
     pub summary: SummaryOptions,
+    /// Native histogram settings.
+    pub native: NativeSpec,
+}
+
+/// statsd_exporter's `histogram_options.native_histogram_*` keys; unset keys fall back to the
+/// defaults'.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NativeSpec {
+    /// `native_histogram_bucket_factor`: above 1 turns native histograms on.
+    pub factor: Option<f64>,
+    /// `native_histogram_max_buckets`.
+    pub max_buckets: Option<u32>,
+    /// `native_histogram_zero_threshold` (the bridge's own key).
+    pub zero_threshold: Option<f64>,
+}
+
+impl NativeSpec {
+    /// This spec with `fallback`'s values where it has none.
+    pub fn or(self, fallback: NativeSpec) -> NativeSpec {
+        NativeSpec {
+            factor: self.factor.or(fallback.factor),
+            max_buckets: self.max_buckets.or(fallback.max_buckets),
+            zero_threshold: self.zero_threshold.or(fallback.zero_threshold),
+        }
+    }
+
+    /// The options it turns on, if any.
+    pub fn options(self) -> Option<NativeOptions> {
+        NativeOptions::from_factor(
+            self.factor.unwrap_or(0.0),
+            self.max_buckets.unwrap_or(0),
+            self.zero_threshold,
+        )
+    }
 }
 
 /// A whole mapping configuration.
@@ -200,6 +237,8 @@ pub struct RuleOutput {
     pub observer: ObserverType,
     /// Histogram buckets.
     pub buckets: Arc<[f64]>,
+    /// Native histograms, when on.
+    pub native: Option<NativeOptions>,
     /// Summary settings.
     pub summary: Arc<SummaryOptions>,
     /// TTL (zero: never).
@@ -270,6 +309,7 @@ impl Resolution {
             honor_labels: out.honor_labels,
             observer: out.observer,
             buckets: &out.buckets,
+            native: out.native,
             summary: &out.summary,
             ttl: out.ttl,
             help: out.help.as_deref(),
@@ -336,6 +376,29 @@ fn check_buckets(buckets: &[f64], position: &Option<String>) -> Result<(), Mappi
     Ok(())
 }
 
+/// A factor of 0 to 1 leaves native histograms off (statsd_exporter's reading); NaN,
+/// negative or infinite values are mistakes.
+pub fn check_native(spec: &NativeSpec, position: &Option<String>) -> Result<(), MappingError> {
+    let bad = |message: &str| MappingError {
+        position: position.clone(),
+        message: message.to_owned(),
+    };
+    if spec.factor.is_some_and(|f| !f.is_finite() || f < 0.0) {
+        return Err(bad(
+            "native_histogram_bucket_factor must be a finite number (above 1 to enable native histograms)",
+        ));
+    }
+    if spec
+        .zero_threshold
+        .is_some_and(|z| !z.is_finite() || z < 0.0)
+    {
+        return Err(bad(
+            "native_histogram_zero_threshold must be a finite number, 0 or more",
+        ));
+    }
+    Ok(())
+}
+
 fn check_quantiles(q: &[f64], position: &Option<String>) -> Result<(), MappingError> {
     if q.iter().any(|q| !(*q > 0.0 && *q < 1.0)) {
         return Err(MappingError {
@@ -355,6 +418,7 @@ impl Mapper {
             action: Action::Map,
             observer: defaults.observer_type,
             buckets: Arc::from(defaults.buckets.as_slice()),
+            native: defaults.native.options(),
             summary: Arc::new(defaults.summary.clone()),
             ttl: defaults.ttl,
             help: None,
@@ -450,6 +514,8 @@ impl Mapper {
                 })
                 .unwrap_or_else(|| d.buckets.clone());
             check_buckets(&buckets, &r.position)?;
+            let native = r.native.or(d.native);
+            check_native(&native, &r.position)?;
             let mut summary_spec = r.summary_options.clone().unwrap_or_default();
             if let Some(q) = r.legacy_quantiles.clone().filter(|q| !q.is_empty()) {
                 summary_spec.quantiles = Some(q);
@@ -465,6 +531,7 @@ impl Mapper {
                 action: r.action,
                 observer,
                 buckets: Arc::from(buckets),
+                native: native.options(),
                 summary: Arc::new(summary),
                 ttl: r.ttl.filter(|t| !t.is_zero()).unwrap_or(d.ttl),
                 help: r.help.clone().filter(|h| !h.is_empty()),

@@ -410,14 +410,30 @@ fn invalid_files_name_the_rule_and_the_problem() {
 }
 
 #[test]
-fn native_histogram_options_are_accepted_with_a_warning() {
-    let (_, warnings) = yaml::parse(
-        "mappings:\n- match: a.b\n  name: x\n  observer_type: histogram\n  histogram_options:\n    native_histogram_bucket_factor: 1.1\n",
-        Path::new("m.yml"),
-    )
-    .unwrap();
-    assert_eq!(warnings.len(), 1);
-    assert!(warnings[0].contains("native histograms are not supported yet"));
+fn native_histogram_options_per_rule_fall_back_to_the_defaults() {
+    let m = mapper(
+        "defaults:\n  observer_type: histogram\n  histogram_options:\n    native_histogram_bucket_factor: 1.1\n    native_histogram_max_buckets: 50\n\
+         mappings:\n\
+         - match: a.b\n  name: fine\n  histogram_options:\n    native_histogram_bucket_factor: 1.01\n\
+         - match: a.c\n  name: classic_only\n  histogram_options:\n    native_histogram_bucket_factor: 0\n\
+         - match: a.d\n  name: inherits\n",
+    );
+    let native = |name: &str| {
+        m.resolve(name, MatchMetricType::Observer)
+            .target()
+            .and_then(|t| t.native)
+            .map(|n| (n.schema, n.max_buckets))
+    };
+    // 1.01 → schema 7 (2^(1/128) = 1.0054); the bucket limit comes from the defaults.
+    assert_eq!(native("a.b"), Some((7, 50)));
+    assert_eq!(native("a.c"), None);
+    assert_eq!(native("a.d"), Some((3, 50)));
+    // Unmapped lines get the defaults too.
+    assert_eq!(native("other"), Some((3, 50)));
+    let err = compile_err(
+        "mappings:\n- match: a.b\n  name: x\n  observer_type: histogram\n  histogram_options:\n    native_histogram_bucket_factor: -2\n",
+    );
+    assert!(err.contains("native_histogram_bucket_factor"), "{err}");
 }
 
 #[test]

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
-    Action, DefaultsSpec, MappingError, MappingSpec, MatchMetricType, MatchType, Objective,
-    RuleSpec, SummarySpec,
+    Action, DefaultsSpec, MappingError, MappingSpec, MatchMetricType, MatchType, NativeSpec,
+    Objective, RuleSpec, SummarySpec,
 };
 use crate::aggregate::{DEFAULT_BUCKETS, ObserverType, SummaryOptions};
 
@@ -100,9 +100,20 @@ struct Summary {
 #[serde(deny_unknown_fields)]
 struct Histogram {
     buckets: Option<Vec<f64>>,
-    /// Native histograms are not built yet; classic buckets are served (see README).
     native_histogram_bucket_factor: Option<f64>,
     native_histogram_max_buckets: Option<u32>,
+    /// The bridge's own key (statsd_exporter keeps client_golang's default, 2^-128).
+    native_histogram_zero_threshold: Option<f64>,
+}
+
+impl Histogram {
+    fn native(&self) -> NativeSpec {
+        NativeSpec {
+            factor: self.native_histogram_bucket_factor,
+            max_buckets: self.native_histogram_max_buckets,
+            zero_threshold: self.native_histogram_zero_threshold,
+        }
+    }
 }
 
 /// A label value: YAML may write `code: 200`; Go reads it as the string "200".
@@ -163,7 +174,7 @@ pub fn parse(src: &str, path: &Path) -> Result<(MappingSpec, Warnings), MappingE
             message: common::config::yaml_message(&e.to_string()),
         })?
     };
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     let d = file.defaults;
     let mut summary = SummaryOptions::default();
     let quantiles = d
@@ -193,11 +204,11 @@ pub fn parse(src: &str, path: &Path) -> Result<(MappingSpec, Warnings), MappingE
         .filter(|b| !b.is_empty())
         .or(d.buckets.filter(|b| !b.is_empty()))
         .unwrap_or_else(|| DEFAULT_BUCKETS.to_vec());
-    if d.histogram_options.as_ref().is_some_and(|h| {
-        h.native_histogram_bucket_factor.is_some() || h.native_histogram_max_buckets.is_some()
-    }) {
-        warnings.push("defaults.histogram_options: native histograms are not supported yet; classic buckets are served".to_owned());
-    }
+    let native = d
+        .histogram_options
+        .as_ref()
+        .map(Histogram::native)
+        .unwrap_or_default();
     let defaults = DefaultsSpec {
         observer_type: d
             .observer_type
@@ -209,33 +220,29 @@ pub fn parse(src: &str, path: &Path) -> Result<(MappingSpec, Warnings), MappingE
         ttl: d.ttl.map_or(Duration::ZERO, |t| t.0),
         buckets,
         summary,
+        native,
     };
+    super::check_native(
+        &defaults.native,
+        &Some(format!("{}: defaults", path.display())),
+    )?;
     let mut rules = Vec::with_capacity(file.mappings.len());
     for spanned in file.mappings {
         let loc = spanned.referenced;
         let position = format!("{}:{}:{}", path.display(), loc.line(), loc.column());
-        let (rule, warning) = rule_spec(spanned.value, position);
-        warnings.extend(warning);
-        rules.push(rule);
+        rules.push(rule_spec(spanned.value, position));
     }
     Ok((MappingSpec { defaults, rules }, warnings))
 }
 
-/// Converts a rule read by either front-end; returns a warning for settings that change
-/// nothing.
-pub fn rule_spec(r: Rule, position: String) -> (RuleSpec, Option<String>) {
-    let warning = r
+/// Converts a rule read by either front-end.
+pub fn rule_spec(r: Rule, position: String) -> RuleSpec {
+    let native = r
         .histogram_options
         .as_ref()
-        .is_some_and(|h| {
-            h.native_histogram_bucket_factor.is_some() || h.native_histogram_max_buckets.is_some()
-        })
-        .then(|| {
-            format!(
-                "{position}: native histograms are not supported yet; classic buckets are served"
-            )
-        });
-    let spec = RuleSpec {
+        .map(Histogram::native)
+        .unwrap_or_default();
+    RuleSpec {
         position: Some(position),
         match_text: r.match_text,
         match_type: r.match_type,
@@ -253,12 +260,12 @@ pub fn rule_spec(r: Rule, position: String) -> (RuleSpec, Option<String>) {
             .and_then(Observer::get)
             .or(r.timer_type.and_then(Observer::get)),
         histogram_options: r.histogram_options.map(|h| h.buckets),
+        native,
         legacy_buckets: r.buckets,
         summary_options: r.summary_options.map(summary_spec),
         legacy_quantiles: r.quantiles,
         ttl: r.ttl.map(|t| t.0),
         help: r.help,
         scale: r.scale,
-    };
-    (spec, warning)
+    }
 }
