@@ -52,6 +52,8 @@ pub struct Prometheus {
     job: String,
     program: PathBuf,
     dir: TempDir,
+    /// Extra flags (feature flags), kept for restarts.
+    flags: Vec<String>,
 }
 
 impl Prometheus {
@@ -70,7 +72,21 @@ impl Prometheus {
     /// # Panics
     /// When `prometheus` is not installed, or it does not start.
     pub fn start_job(job: &str, targets: &[SocketAddr]) -> Prometheus {
-        Self::launch(job, targets, None)
+        Self::launch(job, targets, None, &[])
+    }
+
+    /// [`Prometheus::start_job`] with feature flags (`--enable-feature=…`), e.g.
+    /// `native-histograms`, which makes Prometheus ask for the protobuf format.
+    pub fn start_job_with_features(
+        job: &str,
+        targets: &[SocketAddr],
+        features: &[&str],
+    ) -> Prometheus {
+        let flags: Vec<String> = features
+            .iter()
+            .map(|f| format!("--enable-feature={f}"))
+            .collect();
+        Self::launch(job, targets, None, &flags)
     }
 
     /// [`Prometheus::start_job`] over a TSDB that first gets `openmetrics` (samples with
@@ -85,10 +101,15 @@ impl Prometheus {
         targets: &[SocketAddr],
         openmetrics: &str,
     ) -> Prometheus {
-        Self::launch(job, targets, Some(openmetrics))
+        Self::launch(job, targets, Some(openmetrics), &[])
     }
 
-    fn launch(job: &str, targets: &[SocketAddr], backfill: Option<&str>) -> Prometheus {
+    fn launch(
+        job: &str,
+        targets: &[SocketAddr],
+        backfill: Option<&str>,
+        flags: &[String],
+    ) -> Prometheus {
         let program = require_program("prometheus", PROMETHEUS_HINT);
         let dir = tempfile::Builder::new()
             .prefix("prometheus-")
@@ -115,14 +136,16 @@ impl Prometheus {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let (child, addr) =
-            spawn_on_free_port("prometheus", |addr| spawn_ready(&program, dir.path(), addr));
+        let (child, addr) = spawn_on_free_port("prometheus", |addr| {
+            spawn_ready(&program, dir.path(), addr, flags)
+        });
         Prometheus {
             child,
             addr,
             job: job.to_owned(),
             program,
             dir,
+            flags: flags.to_vec(),
         }
     }
 
@@ -158,7 +181,7 @@ impl Prometheus {
     /// port meanwhile).
     pub fn restart(&mut self) {
         respawn(&mut self.child, "prometheus", self.addr, |addr| {
-            spawn_ready(&self.program, self.dir.path(), addr)
+            spawn_ready(&self.program, self.dir.path(), addr, &self.flags)
         });
     }
 
@@ -367,8 +390,14 @@ fn config_path(dir: &Path) -> PathBuf {
 
 /// Starts Prometheus in `dir` (config `prometheus.yml`, TSDB `data/`) listening on `addr`, and
 /// waits until `/-/ready` answers 200; an error if it exits or is not ready in time.
-fn spawn_ready(program: &Path, dir: &Path, addr: SocketAddr) -> Result<ChildGuard> {
+fn spawn_ready(
+    program: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    flags: &[String],
+) -> Result<ChildGuard> {
     let mut cmd = Command::new(program);
+    cmd.args(flags);
     cmd.arg(format!("--config.file={}", config_path(dir).display()))
         .arg(format!(
             "--storage.tsdb.path={}",

@@ -10,4 +10,5 @@ mod bridge;
 mod listeners;
 mod manifests;
 mod mapping;
+mod native_histograms;
 mod origin;

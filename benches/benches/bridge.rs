@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use statsd_bridge::aggregate::{Store, StoreConfig};
-use statsd_bridge::expose::encode_text;
+use statsd_bridge::expose::{Format, encode_bytes, encode_text};
 use statsd_bridge::ingest::{Worker, ingest_line};
+use statsd_bridge::mapping::NativeSpec;
 use statsd_bridge::mapping::{Mapper, MapperHandle, MatchMetricType, Resolver, yaml};
 use statsd_bridge::origin::{self, Origin, Sender, index::PodRecord};
 use statsd_bridge::protocol::{ParseOptions, lines, parse_line};
@@ -164,7 +165,86 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, aggregate, encode, mapping);
+/// Timers into classic buckets only, and into classic plus native (factor 1.1): the cost of
+/// native buckets per observation, and of the protobuf page against the text one.
+fn native(c: &mut Criterion) {
+    // 1 ms to 10 s, spread log-uniformly as latencies are.
+    let lines: Vec<String> = (0..1000)
+        .map(|i| {
+            format!(
+                "api.latency:{:.3}|ms|#route:/r{}",
+                10f64.powf(f64::from(i % 400) / 100.0),
+                i % 10
+            )
+        })
+        .collect();
+    let opts = ParseOptions::default();
+    let now = Instant::now();
+    let mut g = c.benchmark_group("native");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    for (name, factor) in [
+        ("observe_classic", None),
+        ("observe_classic_and_native", Some(1.1)),
+    ] {
+        let cfg = StoreConfig {
+            native: NativeSpec {
+                factor,
+                ..NativeSpec::default()
+            },
+            ..StoreConfig::default()
+        };
+        let store = Store::new(cfg, []);
+        let mut worker = Worker::unmapped(store.config());
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for l in &lines {
+                    black_box(ingest_line(&store, l.as_bytes(), &opts, &mut worker, now));
+                }
+            })
+        });
+    }
+    g.finish();
+    // 10,000 timer series of 200 observations each, served as text and as protobuf.
+    let mut g = c.benchmark_group("native_encode");
+    g.throughput(Throughput::Elements(10_000));
+    let cfg = StoreConfig {
+        native: NativeSpec {
+            factor: Some(1.1),
+            ..NativeSpec::default()
+        },
+        ..StoreConfig::default()
+    };
+    let store = Store::new(cfg, []);
+    let mut worker = Worker::unmapped(store.config());
+    for series in 0..10_000 {
+        for i in 0..200 {
+            let line = format!(
+                "t{}:{:.3}|ms|#pod:p{series}",
+                series % 20,
+                10f64.powf(f64::from(i) / 50.0)
+            );
+            ingest_line(&store, line.as_bytes(), &opts, &mut worker, now);
+        }
+    }
+    let snapshot = store.snapshot(now);
+    g.bench_function("text_10000", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(8 << 20);
+            encode_bytes(&snapshot, Format::Text, &mut out);
+            black_box(out.len())
+        })
+    });
+    g.bench_function("protobuf_10000", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(8 << 20);
+            encode_bytes(&snapshot, Format::Protobuf, &mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, aggregate, encode, mapping, native);
 criterion_main!(benches);
 
 /// A mapping file of `n` graphite-style glob rules.

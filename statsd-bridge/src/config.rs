@@ -898,6 +898,16 @@ mod tests {
         let o = |body: &str| format!("version = 1\n[bridge.origin]\n{body}\n");
         let cases: Vec<(&str, String, Result<(), &str>)> = vec![
             ("defaults", o(""), Ok(())),
+            (
+                "negative native factor",
+                "version = 1\n[bridge]\nnative_histogram_bucket_factor = -1.5\n".to_owned(),
+                Err("pipeline.toml:3:34: field `bridge.native_histogram_bucket_factor`: must be 0 (off) or a finite number above 1"),
+            ),
+            (
+                "native on",
+                "version = 1\n[bridge]\nnative_histogram_bucket_factor = 1.1\nnative_histogram_max_buckets = 50\n".to_owned(),
+                Ok(()),
+            ),
             ("off", o("mode = \"off\""), Ok(())),
             (
                 "bad mode",
