@@ -359,25 +359,3 @@ mod tests {
         assert!(upper_bound(s.positive[0].0, s.schema) >= 0.3);
     }
 }
-
-#[cfg(test)]
-mod size {
-    use super::*;
-
-    /// The memory figure README quotes: a latency spread over four decades.
-    #[test]
-    fn heap_of_a_typical_timer_series() {
-        let mut h = NativeHistogram::new(&NativeOptions::from_factor(1.1, 0, None).unwrap());
-        for i in 0..200 {
-            h.observe(10f64.powf(f64::from(i) / 50.0) / 1000.0, 1.0);
-        }
-        let buckets = h.snapshot().positive.len();
-        eprintln!(
-            "native: {buckets} buckets, {} heap bytes, {} inline; classic (11 bounds): {} bytes",
-            h.heap_bytes(),
-            std::mem::size_of::<NativeHistogram>(),
-            12 * std::mem::size_of::<f64>()
-        );
-        assert!(buckets <= 160 && buckets > 100);
-    }
-}
