@@ -175,6 +175,23 @@ pub struct Cli {
     #[arg(long = "origin.proc-root", value_name = "DIR")]
     pub origin_proc_root: Option<String>,
 
+    /// The cgroup tree, where `|c:in-<inode>` fields are resolved. [bridge.origin.cgroup_root]
+    #[arg(long = "origin.cgroup-root", value_name = "DIR")]
+    pub origin_cgroup_root: Option<String>,
+
+    /// A pod label key to copy onto the sender's series (repeatable; replaces the file's
+    /// list; `""` for none). [bridge.origin.pod_labels]
+    #[arg(long = "origin.pod-label", value_name = "KEY")]
+    pub origin_pod_labels: Option<Vec<String>>,
+
+    /// How long listeners wait for the first pod list, e.g. `30s`. [bridge.origin.sync_timeout]
+    #[arg(long = "origin.sync-timeout", value_name = "DURATION")]
+    pub origin_sync_timeout: Option<common::units::Duration>,
+
+    /// How long a deleted pod's series stay, e.g. `5m`. [bridge.origin.pod_ttl]
+    #[arg(long = "origin.pod-ttl", value_name = "DURATION")]
+    pub origin_pod_ttl: Option<common::units::Duration>,
+
     /// Log level: debug, info, warn or error. `RUST_LOG` overrides it. [bridge.log_level]
     #[arg(long = "log.level", value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -321,6 +338,21 @@ impl Cli {
         if let Some(p) = &self.origin_proc_root {
             b.origin.proc_root.clone_from(p);
         }
+        if let Some(p) = &self.origin_cgroup_root {
+            b.origin.cgroup_root.clone_from(p);
+        }
+        if let Some(keys) = &self.origin_pod_labels {
+            b.origin.pod_labels = Spanned::new(
+                0..0,
+                keys.iter().filter(|k| !k.is_empty()).cloned().collect(),
+            );
+        }
+        if let Some(t) = self.origin_sync_timeout {
+            b.origin.sync_timeout = t;
+        }
+        if let Some(t) = self.origin_pod_ttl {
+            b.origin.pod_ttl = t;
+        }
         if let Some(n) = self.relay_packet_length {
             b.relay_packet_length = Spanned::new(0..0, n);
         }
@@ -411,6 +443,39 @@ mod tests {
         {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
+    }
+
+    #[test]
+    fn origin_flags_override_the_file() {
+        let cli = Cli::try_parse_from([
+            "statsd-bridge",
+            "--origin.mode=static",
+            "--origin.node-name=node-a",
+            "--origin.kubeconfig=/k",
+            "--origin.proc-root=/host/proc",
+            "--origin.cgroup-root=/host/cgroup",
+            "--origin.pod-label=app",
+            "--origin.pod-label=app.kubernetes.io/name",
+            "--origin.sync-timeout=5s",
+            "--origin.pod-ttl=1m",
+        ])
+        .unwrap();
+        let mut b = BridgeConfig::default();
+        cli.apply(&mut b).unwrap();
+        let o = &b.origin;
+        assert_eq!(o.mode, OriginMode::Static);
+        assert_eq!(
+            (o.node_name.as_str(), o.kubeconfig.as_str()),
+            ("node-a", "/k")
+        );
+        assert_eq!(
+            (o.proc_root.as_str(), o.cgroup_root.as_str()),
+            ("/host/proc", "/host/cgroup")
+        );
+        assert_eq!(o.pod_labels.get_ref(), &["app", "app.kubernetes.io/name"]);
+        assert_eq!(o.sync_timeout.0, std::time::Duration::from_secs(5));
+        assert_eq!(o.pod_ttl.0, std::time::Duration::from_secs(60));
+        assert!(Cli::try_parse_from(["statsd-bridge", "--origin.mode=dns"]).is_err());
     }
 
     #[test]
