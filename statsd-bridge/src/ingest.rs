@@ -1,6 +1,7 @@
 //! Datagram in, store updated, self-metrics counted: the glue between the parser and the
 //! store that every listener calls.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -50,6 +51,53 @@ pub struct Worker {
     /// Origin lookups with their caches, when origin detection is on.
     pub origin: Option<origin::Cursor>,
     name: String,
+    known: KnownSeries,
+}
+
+/// The series key each recent distinct line built, by what the key depends on (name, tags,
+/// type, `|c:`, the sender's labels), so a repeated line skips mapping, sanitizing and key
+/// building: most lines repeat a series. Dropped whenever the mapping rules or the pod index
+/// change. A line answered from here counts the mapping lookup it skipped as the mapping
+/// cache would have answered it.
+#[derive(Debug, Default)]
+struct KnownSeries {
+    enabled: bool,
+    generation: (u64, u64),
+    lines: HashMap<Box<[u8]>, Known, foldhash::fast::RandomState>,
+    probe: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Known {
+    key: Box<[u8]>,
+    scale: Option<f64>,
+    /// The line's name went through the mapping rules (there are some).
+    mapped: bool,
+    tags_skipped: u32,
+    labels_renamed: u32,
+}
+
+/// Distinct lines a worker remembers before it starts over.
+const KNOWN_MAX: usize = 16_384;
+
+impl KnownSeries {
+    /// Fills `probe` with what a line's key depends on.
+    fn probe(&mut self, s: &protocol::Sample<'_>, origin: Option<&origin::OriginLabels>) {
+        let p = &mut self.probe;
+        p.clear();
+        for part in [s.name, s.name_suffix, s.tags.name_side, s.tags.dogstatsd] {
+            p.extend_from_slice(part.as_bytes());
+            p.push(0xff);
+        }
+        p.push(s.kind as u8);
+        if let Some(c) = s.container_id {
+            p.extend_from_slice(c.as_bytes());
+        }
+        p.push(0xff);
+        // The labels' address: stable while the generation below is.
+        let at = origin.map_or(0, |o| Arc::as_ptr(o).cast::<u8>() as usize);
+        p.extend_from_slice(&at.to_le_bytes());
+    }
 }
 
 impl Worker {
@@ -62,6 +110,10 @@ impl Worker {
             cache_misses: 0,
             origin: None,
             name: String::new(),
+            known: KnownSeries {
+                enabled: true,
+                ..KnownSeries::default()
+            },
         }
     }
 
@@ -111,56 +163,131 @@ pub fn ingest_line(
     worker: &mut Worker,
     now: Instant,
 ) -> LineResult {
-    let scratch = &mut worker.scratch;
     match protocol::parse_line(line, opts) {
         Err(e) => LineResult::Rejected(e),
-        Ok(Line::Metric(s)) => {
-            // Rules match the name as sent, tags removed (a mid-name SignalFx section too).
-            let name = if s.name_suffix.is_empty() {
-                s.name
-            } else {
-                worker.name.clear();
-                worker.name.push_str(s.name);
-                worker.name.push_str(s.name_suffix);
-                worker.name.as_str()
-            };
-            let (resolution, cache) = worker.resolver.resolve(name, MatchMetricType::of(s.kind));
-            match cache {
-                CacheUse::Hit => worker.cache_hits += 1,
-                CacheUse::Miss => worker.cache_misses += 1,
-                CacheUse::NoRules => {}
-            }
-            let Some(target) = resolution.target() else {
-                return LineResult::Dropped(Rejection::MappingDrop);
-            };
-            // A known `|c:` container names the sender better than the socket does.
-            let by_container = match (s.container_id, &mut worker.origin) {
-                (Some(c), Some(cursor)) => cursor.container(c),
-                _ => None,
-            };
-            let datagram_origin = by_container.map(|l| scratch.replace_origin(Some(l)));
-            let result = store.ingest_sample_to(&s, &target, scratch, now);
-            if let Some(previous) = datagram_origin {
-                scratch.replace_origin(previous);
-            }
-            match result {
-                Ok(outcome) => LineResult::Accepted {
-                    outcome,
-                    kind: Some(s.kind),
-                    rate_invalid: s.rate_invalid,
-                },
-                Err(r) => LineResult::Dropped(r),
-            }
-        }
-        Ok(Line::Event(e)) => match store.ingest_event(&e, scratch, now) {
+        Ok(Line::Metric(s)) if worker.known.enabled => ingest_repeated(store, &s, worker, now),
+        Ok(Line::Metric(s)) => ingest_metric(store, &s, worker, now).0,
+        Ok(Line::Event(e)) => match store.ingest_event(&e, &mut worker.scratch, now) {
             Ok(outcome) => LineResult::AcceptedEvent(outcome),
             Err(r) => LineResult::Dropped(r),
         },
-        Ok(Line::ServiceCheck(sc)) => match store.ingest_service_check(&sc, scratch, now) {
-            Ok(outcome) => LineResult::AcceptedServiceCheck(outcome),
-            Err(r) => LineResult::Dropped(r),
-        },
+        Ok(Line::ServiceCheck(sc)) => {
+            match store.ingest_service_check(&sc, &mut worker.scratch, now) {
+                Ok(outcome) => LineResult::AcceptedServiceCheck(outcome),
+                Err(r) => LineResult::Dropped(r),
+            }
+        }
     }
+}
+
+/// A metric line through [`KnownSeries`]: the series key of an identical earlier line when
+/// there is one, else the full path, remembered.
+fn ingest_repeated(
+    store: &Store,
+    s: &protocol::Sample<'_>,
+    worker: &mut Worker,
+    now: Instant,
+) -> LineResult {
+    let generations = (
+        worker.resolver.generation(),
+        worker.origin.as_ref().map_or(0, origin::Cursor::generation),
+    );
+    let known = &mut worker.known;
+    if generations != known.generation || known.lines.len() >= KNOWN_MAX {
+        known.lines.clear();
+        known.generation = generations;
+    }
+    known.probe(s, worker.scratch.origin());
+    if let Some(hit) = known.lines.get(known.probe.as_slice())
+        && let Some(applied) = store.ingest_known(s, &hit.key, hit.scale, now)
+    {
+        if hit.mapped && worker.resolver.has_cache() {
+            worker.cache_hits += 1;
+        } else if hit.mapped {
+            worker.cache_misses += 1;
+        }
+        let (tags_skipped, labels_renamed) = (hit.tags_skipped, hit.labels_renamed);
+        // Counted as on the full path (the cursor answers from its cache).
+        if let (Some(c), Some(cursor)) = (s.container_id, &mut worker.origin) {
+            cursor.container(c);
+        }
+        return match applied {
+            Ok(samples) => LineResult::Accepted {
+                outcome: Outcome {
+                    samples,
+                    tags_skipped,
+                    labels_renamed,
+                    new_series: false,
+                },
+                kind: Some(s.kind),
+                rate_invalid: s.rate_invalid,
+            },
+            Err(r) => LineResult::Dropped(r),
+        };
+    }
+    let (result, target) = ingest_metric(store, s, worker, now);
+    if let (LineResult::Accepted { outcome, .. }, Some((scale, mapped))) = (result, target) {
+        let known = &mut worker.known;
+        known.lines.insert(
+            known.probe.as_slice().into(),
+            Known {
+                key: worker.scratch.key().into(),
+                scale,
+                mapped,
+                tags_skipped: outcome.tags_skipped,
+                labels_renamed: outcome.labels_renamed,
+            },
+        );
+    }
+    result
+}
+
+/// A metric line the full way: mapping, the sender's labels, the key, the store. Also
+/// returns the target's scale and whether a mapping lookup was counted.
+fn ingest_metric(
+    store: &Store,
+    s: &protocol::Sample<'_>,
+    worker: &mut Worker,
+    now: Instant,
+) -> (LineResult, Option<(Option<f64>, bool)>) {
+    // Rules match the name as sent, tags removed (a mid-name SignalFx section too).
+    let name = if s.name_suffix.is_empty() {
+        s.name
+    } else {
+        worker.name.clear();
+        worker.name.push_str(s.name);
+        worker.name.push_str(s.name_suffix);
+        worker.name.as_str()
+    };
+    let (resolution, cache) = worker.resolver.resolve(name, MatchMetricType::of(s.kind));
+    match cache {
+        CacheUse::Hit => worker.cache_hits += 1,
+        CacheUse::Miss => worker.cache_misses += 1,
+        CacheUse::NoRules => {}
+    }
+    let Some(target) = resolution.target() else {
+        return (LineResult::Dropped(Rejection::MappingDrop), None);
+    };
+    let scratch = &mut worker.scratch;
+    // A known `|c:` container names the sender better than the socket does.
+    let by_container = match (s.container_id, &mut worker.origin) {
+        (Some(c), Some(cursor)) => cursor.container(c),
+        _ => None,
+    };
+    let datagram_origin = by_container.map(|l| scratch.replace_origin(Some(l)));
+    let result = store.ingest_sample_to(s, &target, scratch, now);
+    if let Some(previous) = datagram_origin {
+        scratch.replace_origin(previous);
+    }
+    let result = match result {
+        Ok(outcome) => LineResult::Accepted {
+            outcome,
+            kind: Some(s.kind),
+            rate_invalid: s.rate_invalid,
+        },
+        Err(r) => LineResult::Dropped(r),
+    };
+    (result, Some((target.scale, cache != CacheUse::NoRules)))
 }
 
 /// Shared by every listener: the store, parse options and self-metrics.
@@ -373,5 +500,123 @@ impl RateLimit {
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{StoreConfig, Value};
+    use crate::mapping::yaml;
+
+    fn values(store: &Store) -> Vec<(String, f64)> {
+        store
+            .snapshot(Instant::now())
+            .series
+            .iter()
+            .map(|s| {
+                let labels: Vec<String> = s.labels().map(|(k, v)| format!("{k}={v}")).collect();
+                let v = match &s.value {
+                    Value::Counter(v) | Value::Gauge(v) => *v,
+                    Value::Histogram { count, .. } | Value::Summary { count, .. } => *count,
+                };
+                (format!("{}{{{}}}", s.name(), labels.join(",")), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repeated_lines_take_the_known_series_and_count_the_same() {
+        let (spec, _) = yaml::parse(
+            "mappings:\n- match: app.*.hits\n  name: hits\n  labels: {app: $1}\n",
+            std::path::Path::new("m.yml"),
+        )
+        .unwrap();
+        let handle = Arc::new(MapperHandle::new(Mapper::compile(&spec).unwrap()));
+        let store = Store::new(StoreConfig::default(), []);
+        let mut worker = Worker::new(Arc::clone(&handle), 100);
+        let now = Instant::now();
+        let opts = ParseOptions::default();
+        for line in [
+            "app.web.hits:1|c|#k:v",
+            "app.web.hits:2|c|#k:v",
+            "app.web.hits:3|c|#k:v,x",
+            "t:5|ms|@0.5",
+        ] {
+            for _ in 0..2 {
+                assert!(matches!(
+                    ingest_line(&store, line.as_bytes(), &opts, &mut worker, now),
+                    LineResult::Accepted { .. }
+                ));
+            }
+        }
+        assert_eq!(
+            values(&store),
+            [
+                ("hits{app=web,k=v}".to_owned(), 12.0),
+                ("t{}".to_owned(), 4.0)
+            ]
+        );
+        // 8 lines of 2 names: the first of each name misses, every other line hits.
+        assert_eq!(worker.cache_hits + worker.cache_misses, 8);
+        assert_eq!(worker.cache_misses, 2, "one miss per distinct name");
+        // The tag without a value is skipped on every line, cached or not.
+        let r = ingest_line(&store, b"app.web.hits:3|c|#k:v,x", &opts, &mut worker, now);
+        assert!(matches!(r, LineResult::Accepted { outcome, .. } if outcome.tags_skipped == 1));
+
+        // New rules: the known keys go with the old ones.
+        let (spec, _) = yaml::parse(
+            "mappings:\n- match: app.*.hits\n  name: requests\n",
+            std::path::Path::new("m.yml"),
+        )
+        .unwrap();
+        handle.replace(Mapper::compile(&spec).unwrap());
+        ingest_line(&store, b"app.web.hits:1|c|#k:v", &opts, &mut worker, now);
+        assert!(values(&store).contains(&("requests{k=v}".to_owned(), 1.0)));
+
+        // A series removed from the store (a TTL, a deleted pod) is made again.
+        store.remove_labelled(|_| true);
+        ingest_line(&store, b"app.web.hits:1|c|#k:v", &opts, &mut worker, now);
+        assert_eq!(values(&store), [("requests{k=v}".to_owned(), 1.0)]);
+    }
+
+    #[test]
+    fn a_known_line_from_another_sender_is_another_series() {
+        let table = origin::table::StaticTable::new(vec![
+            (
+                origin::table::Cidr::parse("10.0.0.1").unwrap(),
+                Arc::from(vec![("pod".to_owned(), "a".to_owned())]),
+            ),
+            (
+                origin::table::Cidr::parse("10.0.0.2").unwrap(),
+                Arc::from(vec![("pod".to_owned(), "b".to_owned())]),
+            ),
+        ]);
+        let origin = Arc::new(Origin::new(&origin::Settings {
+            mode: origin::Mode::Static(table),
+            ..origin::Settings::off()
+        }));
+        let store = Store::new(StoreConfig::default(), []);
+        let mut worker = Worker::unmapped(store.config()).with_origin(&origin);
+        let now = Instant::now();
+        for (ip, n) in [
+            ("10.0.0.1", 1),
+            ("10.0.0.2", 2),
+            ("10.0.0.1", 3),
+            ("10.0.0.9", 4),
+        ] {
+            worker.set_sender(Sender::Ip(ip.parse().unwrap()), now);
+            for _ in 0..n {
+                ingest_line(&store, b"x:1|c", &ParseOptions::default(), &mut worker, now);
+            }
+        }
+        assert_eq!(
+            values(&store),
+            [
+                ("x{}".to_owned(), 4.0),
+                ("x{pod=a}".to_owned(), 4.0),
+                ("x{pod=b}".to_owned(), 2.0)
+            ]
+        );
     }
 }

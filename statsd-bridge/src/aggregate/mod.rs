@@ -154,6 +154,21 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The family kind a StatsD type becomes, observers as `observer` says.
+    pub fn of(t: MetricType, observer: ObserverType) -> Self {
+        match t {
+            MetricType::Counter => Kind::Counter,
+            MetricType::Gauge => Kind::Gauge,
+            MetricType::Set => Kind::Set,
+            MetricType::Timer | MetricType::Histogram | MetricType::Distribution => {
+                match observer {
+                    ObserverType::Histogram => Kind::Histogram,
+                    ObserverType::Summary => Kind::Summary,
+                }
+            }
+        }
+    }
+
     /// The `# TYPE` word.
     pub fn type_str(self) -> &'static str {
         match self {
@@ -447,17 +462,7 @@ impl Store {
         scratch: &mut Scratch,
         now: Instant,
     ) -> Result<Outcome, Rejection> {
-        let kind = match s.kind {
-            MetricType::Counter => Kind::Counter,
-            MetricType::Gauge => Kind::Gauge,
-            MetricType::Set => Kind::Set,
-            MetricType::Timer | MetricType::Histogram | MetricType::Distribution => {
-                match target.observer {
-                    ObserverType::Histogram => Kind::Histogram,
-                    ObserverType::Summary => Kind::Summary,
-                }
-            }
-        };
+        let kind = Kind::of(s.kind, target.observer);
         let mut outcome = scratch.build(
             Name {
                 raw: s.name,
@@ -469,12 +474,50 @@ impl Store {
             target,
             kind,
         )?;
+        let (samples, new_series) = if s.kind == MetricType::Set {
+            let member = std::iter::once(Update::Member(s.set_member()));
+            self.apply(scratch, kind, target, member, now)?
+        } else {
+            self.apply(scratch, kind, target, self.updates(s, target.scale), now)?
+        };
+        outcome.samples = samples;
+        outcome.new_series = new_series;
+        Ok(outcome)
+    }
+
+    /// Applies a metric line to the existing series `key` (a key [`Scratch`] built for an
+    /// earlier line with the same name, tags and sender); `None` when that series is gone,
+    /// and the line must take the full path.
+    pub fn ingest_known(
+        &self,
+        s: &Sample<'_>,
+        key: &[u8],
+        scale: Option<f64>,
+        now: Instant,
+    ) -> Option<Result<u32, Rejection>> {
+        let mut series = self.series.get_mut(key)?;
+        series.last_seen = self.seconds(now);
+        Some(if s.kind == MetricType::Set {
+            let member = std::iter::once(Update::Member(s.set_member()));
+            self.update(&mut series.cell, member, now)
+        } else {
+            self.update(&mut series.cell, self.updates(s, scale), now)
+        })
+    }
+
+    /// A line's values as updates: the sample rate applied, timers in seconds, scaled.
+    fn updates<'s>(
+        &self,
+        s: &'s Sample<'_>,
+        scale: Option<f64>,
+    ) -> impl Iterator<Item = Update<'static>> + 's {
         let weight = 1.0 / s.rate;
-        let scale = target.scale.unwrap_or(1.0);
+        let scale = scale.unwrap_or(1.0);
         let signed_is_delta = self.cfg.signed_gauge == SignedGauge::Delta;
-        let updates = s.values().map(move |v| {
+        let kind = s.kind;
+        s.values().map(move |v| {
             let value = v.value * scale;
-            match s.kind {
+            match kind {
                 MetricType::Counter => Update::Add(value * weight),
                 MetricType::Gauge if v.signed && signed_is_delta => Update::Add(value),
                 MetricType::Gauge => Update::Set(value),
@@ -487,16 +530,7 @@ impl Store {
                 }
                 MetricType::Set => Update::Member(""),
             }
-        });
-        let (samples, new_series) = if s.kind == MetricType::Set {
-            let member = std::iter::once(Update::Member(s.set_member()));
-            self.apply(scratch, kind, target, member, now)?
-        } else {
-            self.apply(scratch, kind, target, updates, now)?
-        };
-        outcome.samples = samples;
-        outcome.new_series = new_series;
-        Ok(outcome)
+        })
     }
 
     /// Counts an event in the events family, by alert type and tags.
@@ -953,6 +987,16 @@ impl Scratch {
 
     fn name(&self) -> &str {
         self.text.get(..self.name_end).unwrap_or("")
+    }
+
+    /// The encoded key of the series built last.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The sender's labels now in use (to tell cached keys of different senders apart).
+    pub fn origin(&self) -> Option<&OriginLabels> {
+        self.origin.as_ref()
     }
 }
 

@@ -807,6 +807,16 @@ impl Resolver {
         }
     }
 
+    /// Whether answers are cached (a cache size above 0).
+    pub fn has_cache(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The generation of the rules in force, as the handle has it now.
+    pub fn generation(&self) -> u64 {
+        self.handle.generation()
+    }
+
     /// What the current rules make of `name` of type `t`.
     pub fn resolve(&mut self, name: &str, t: MatchMetricType) -> (Arc<Resolution>, CacheUse) {
         if self.handle.generation() != self.generation {

@@ -521,6 +521,11 @@ impl Cursor {
         found.labels()
     }
 
+    /// The pod index generation the cursor's answers are from (as of its last lookup).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The lookups counted since the last call.
     pub fn take_counts(&mut self) -> LookupCounts {
         std::mem::take(&mut self.counts)
