@@ -11,61 +11,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-step() { printf '\n==> %s\n' "$*"; }
-
-# Runs a command as root: directly when we are root, else through sudo when it exists.
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        if [ -t 0 ]; then sudo "$@"; else sudo -n "$@"; fi
-    else
-        echo "error: need root (or sudo) to run: $*" >&2
-        return 1
-    fi
-}
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 # --- System packages -------------------------------------------------------------------------
-apt_packages=()
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-    apt_packages+=(prometheus)
-fi
-if ! command -v victoria-metrics >/dev/null 2>&1; then
-    apt_packages+=(victoria-metrics)
-fi
-if ! command -v python3 >/dev/null 2>&1; then
-    apt_packages+=(python3 python3-venv)
-fi
-# kubectl reads the adapter's API in the end-to-end tests (`kubectl get --raw`); Debian
-# ships it as kubernetes-client.
-if ! command -v kubectl >/dev/null 2>&1; then
-    apt_packages+=(kubernetes-client)
-fi
-# openssl and curl speak raw HTTPS in the adapter tests (headers kubectl won't send).
-if ! command -v openssl >/dev/null 2>&1; then
-    apt_packages+=(openssl)
-fi
-if ! command -v curl >/dev/null 2>&1; then
-    apt_packages+=(curl)
-fi
-if [ "${#apt_packages[@]}" -gt 0 ]; then
-    step "Installing Debian packages: ${apt_packages[*]}"
-    as_root apt-get update -q
-    # The prometheus package may try to start its service; without an init system (or with a
-    # policy-rc.d that forbids it) that is refused, which is fine: the tests start their own.
-    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        --no-install-recommends "${apt_packages[@]}"; then
-        echo "warning: apt-get install reported an error; checking the programs anyway" >&2
-    fi
-    for program in prometheus promtool victoria-metrics python3 kubectl openssl curl; do
-        if ! command -v "$program" >/dev/null 2>&1; then
-            echo "error: $program is still missing after apt-get install" >&2
-            exit 1
-        fi
-    done
-else
-    step "Packages: prometheus, promtool, victoria-metrics, kubectl, openssl, curl already installed"
-fi
+# kubectl reads the adapter's API in the end-to-end tests (`kubectl get --raw`); Debian ships it
+# as kubernetes-client. openssl and curl speak raw HTTPS in the adapter tests (headers kubectl
+# won't send).
+ensure_programs prometheus=prometheus promtool=prometheus victoria-metrics=victoria-metrics \
+    python3=python3,python3-venv kubectl=kubernetes-client openssl=openssl curl=curl
 
 # --- Python venv -----------------------------------------------------------------------------
 VENV="$ROOT/.venv"
@@ -96,8 +50,7 @@ fi
 
 # --- Rust ------------------------------------------------------------------------------------
 export PIPELINE_PYTHON="$VENV/bin/python"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+TARGET_DIR="$(target_dir "$ROOT")"
 export PIPELINE_BIN_DIR="$TARGET_DIR/release"
 
 step "cargo fmt --check"

@@ -38,6 +38,7 @@ pub mod check;
 pub mod dogstatsd;
 pub mod exporter;
 pub mod exposition;
+pub mod hpa;
 pub mod http;
 pub mod kubeapi;
 pub mod kubectl;

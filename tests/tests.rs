@@ -12,3 +12,4 @@ mod manifests;
 mod mapping;
 mod native_histograms;
 mod origin;
+mod pipeline;
