@@ -39,7 +39,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
 fi
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_stamp" ] \
-    || ! "$VENV/bin/python" -c 'import datadog, prometheus_client' >/dev/null 2>&1; then
+    || ! "$VENV/bin/python" -c 'import datadog, prometheus_client, kubernetes_validate' >/dev/null 2>&1; then
     step "Installing Python test dependencies into .venv"
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
         "$VENV/bin/python" -m pip install -q -r "$REQUIREMENTS"
