@@ -65,6 +65,8 @@ struct KnownSeries {
     generation: (u64, u64),
     lines: HashMap<Box<[u8]>, Known, foldhash::fast::RandomState>,
     probe: Vec<u8>,
+    /// Lines not remembered because the map was full, since it was last emptied.
+    turned_away: usize,
 }
 
 #[derive(Debug)]
@@ -77,8 +79,11 @@ struct Known {
     labels_renamed: u32,
 }
 
-/// Distinct lines a worker remembers before it starts over.
+/// Distinct lines a worker remembers. Past it new lines are not remembered (with more
+/// series than this, remembering each would cost more than it saves), until enough have
+/// been turned away that the working set has likely moved on: then it starts over.
 const KNOWN_MAX: usize = 16_384;
+const KNOWN_TURNED_AWAY_MAX: usize = 4 * KNOWN_MAX;
 
 impl KnownSeries {
     /// Fills `probe` with what a line's key depends on.
@@ -193,9 +198,10 @@ fn ingest_repeated(
         worker.origin.as_ref().map_or(0, origin::Cursor::generation),
     );
     let known = &mut worker.known;
-    if generations != known.generation || known.lines.len() >= KNOWN_MAX {
+    if generations != known.generation || known.turned_away > KNOWN_TURNED_AWAY_MAX {
         known.lines.clear();
         known.generation = generations;
+        known.turned_away = 0;
     }
     known.probe(s, worker.scratch.origin());
     if let Some(hit) = known.lines.get(known.probe.as_slice())
@@ -226,7 +232,9 @@ fn ingest_repeated(
         };
     }
     let (result, target) = ingest_metric(store, s, worker, now);
-    if let (LineResult::Accepted { outcome, .. }, Some((scale, mapped))) = (result, target) {
+    if worker.known.lines.len() >= KNOWN_MAX {
+        worker.known.turned_away += 1;
+    } else if let (LineResult::Accepted { outcome, .. }, Some((scale, mapped))) = (result, target) {
         let known = &mut worker.known;
         known.lines.insert(
             known.probe.as_slice().into(),
@@ -578,6 +586,56 @@ mod tests {
         store.remove_labelled(|_| true);
         ingest_line(&store, b"app.web.hits:1|c|#k:v", &opts, &mut worker, now);
         assert_eq!(values(&store), [("requests{k=v}".to_owned(), 1.0)]);
+    }
+
+    #[test]
+    fn past_the_bound_lines_are_not_remembered_then_it_starts_over() {
+        let store = Store::new(StoreConfig::default(), []);
+        let mut worker = Worker::unmapped(store.config());
+        let now = Instant::now();
+        let opts = ParseOptions::default();
+        let line = |i: usize| format!("x:1|c|#series:{i}");
+        for i in 0..KNOWN_MAX + 10 {
+            ingest_line(&store, line(i).as_bytes(), &opts, &mut worker, now);
+        }
+        assert_eq!(
+            (worker.known.lines.len(), worker.known.turned_away),
+            (KNOWN_MAX, 10)
+        );
+        // Remembered lines still hit; the others still count.
+        for i in [0, KNOWN_MAX + 5] {
+            ingest_line(&store, line(i).as_bytes(), &opts, &mut worker, now);
+        }
+        assert_eq!(worker.known.turned_away, 11);
+        assert_eq!(store.len(), KNOWN_MAX + 10);
+        let value = |i: usize| {
+            let key = format!("series={i}");
+            values(&store)
+                .into_iter()
+                .find(|(k, _)| k.contains(&format!("{key}}}")))
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            (value(0), value(KNOWN_MAX + 5), value(7)),
+            (Some(2.0), Some(2.0), Some(1.0))
+        );
+        for i in 0..KNOWN_TURNED_AWAY_MAX {
+            ingest_line(
+                &store,
+                line(KNOWN_MAX + 100 + i).as_bytes(),
+                &opts,
+                &mut worker,
+                now,
+            );
+        }
+        ingest_line(&store, line(1).as_bytes(), &opts, &mut worker, now);
+        // Started over once enough were turned away: only the lines since are remembered.
+        assert!(
+            worker.known.lines.len() <= 12,
+            "{}",
+            worker.known.lines.len()
+        );
+        assert_eq!(worker.known.turned_away, 0);
     }
 
     #[test]
