@@ -47,6 +47,10 @@
 //! agent's watch); other field selectors and `labelSelector` are not (400). Whole pods, with
 //! IPs and container IDs, come from [`FakeKubeApi::put_pod`] and [`PodFixture`].
 //!
+//! Nodes (`/api/v1/nodes`, cluster-scoped, in `/api/v1` discovery) are served only after
+//! [`FakeKubeApi::serve_nodes`], so a cache that would watch them doesn't change for the tests
+//! that never ask; [`FakeKubeApi::set_node`] and [`FakeKubeApi::delete_node`] change them.
+//!
 //! Every request is recorded ([`FakeKubeApi::requests`]) with its headers and parsed JSON
 //! body, so tests can assert what the adapter sent (a watch when it starts, everything else
 //! when answered). [`FakeKubeApi::set_down`] closes the listener and every open connection
@@ -319,6 +323,9 @@ pub const PODS: &str = "/api/v1/pods";
 /// The path of the namespaces.
 pub const NAMESPACES: &str = "/api/v1/namespaces";
 
+/// The path of the nodes.
+pub const NODES: &str = "/api/v1/nodes";
+
 /// The `Accept` media type of a metadata-only list (kube-rs' `list_metadata`).
 pub const ACCEPT_METADATA_LIST: &str =
     "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
@@ -337,6 +344,8 @@ pub enum Resource {
     Pods,
     /// `namespaces` (cluster-scoped).
     Namespaces,
+    /// `nodes` (cluster-scoped; served after [`FakeKubeApi::serve_nodes`]).
+    Nodes,
 }
 
 impl Resource {
@@ -345,6 +354,7 @@ impl Resource {
         match self {
             Resource::Pods => "Pod",
             Resource::Namespaces => "Namespace",
+            Resource::Nodes => "Node",
         }
     }
 
@@ -358,6 +368,7 @@ impl Resource {
         match self {
             Resource::Pods => PODS,
             Resource::Namespaces => NAMESPACES,
+            Resource::Nodes => NODES,
         }
     }
 }
@@ -384,6 +395,8 @@ struct Collection {
 
 struct Objects {
     served: bool,
+    /// Nodes in discovery, lists and watches ([`FakeKubeApi::serve_nodes`]).
+    nodes_served: bool,
     /// The last resourceVersion handed out.
     rv: u64,
     collections: BTreeMap<Resource, Collection>,
@@ -398,8 +411,9 @@ impl Objects {
     fn new() -> Objects {
         Objects {
             served: false,
+            nodes_served: false,
             rv: FIRST_RESOURCE_VERSION,
-            collections: [Resource::Pods, Resource::Namespaces]
+            collections: [Resource::Pods, Resource::Namespaces, Resource::Nodes]
                 .into_iter()
                 .map(|r| (r, Collection::default()))
                 .collect(),
@@ -419,20 +433,27 @@ impl Objects {
         let key = (namespace.to_owned(), name.to_owned());
         let rv = self.rv + 1;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let collection = self.collection(resource);
-        let event = if collection.objects.contains_key(&key) {
+        let previous = self
+            .collection(resource)
+            .objects
+            .insert(key, object.clone());
+        let event = if previous.is_some() {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        collection.objects.insert(key, object.clone());
+        self.announce(resource, rv, event, object);
+        rv
+    }
+
+    /// Takes `rv` as the current version, logs the change and sends it to the watchers.
+    fn announce(&mut self, resource: Resource, rv: u64, event: &'static str, object: Value) {
         self.rv = rv;
         let collection = self.collection(resource);
         collection.log.push((rv, event, object.clone()));
         collection
             .watchers
             .retain(|w| !w.wants(&object) || w.tx.send(w.line(event, &object)).is_ok());
-        rv
     }
 
     /// Creates or changes (`Some(labels)`) or deletes (`None`) an object and tells the
@@ -448,46 +469,28 @@ impl Objects {
         let key = (namespace.to_owned(), name.to_owned());
         let rv = self.rv + 1;
         let collection = self.collection(resource);
-        let (event, object) = match labels {
-            Some(labels) => {
-                let mut labels: BTreeMap<String, String> = labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect();
-                if resource == Resource::Namespaces {
-                    labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
-                }
-                let previous = collection.objects.get(&key);
-                let object = match previous {
-                    Some(previous) => {
-                        let mut object = previous.clone();
-                        object["metadata"]["labels"] = json!(labels);
-                        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-                        object
-                    }
-                    None => new_object(resource, namespace, name, &labels, rv),
-                };
-                let event = if previous.is_some() {
-                    "MODIFIED"
-                } else {
-                    "ADDED"
-                };
-                collection.objects.insert(key, object.clone());
-                (event, object)
-            }
-            None => {
-                let mut object = collection.objects.remove(&key)?;
-                object["metadata"]["resourceVersion"] = json!(rv.to_string());
-                ("DELETED", object)
-            }
+        let Some(labels) = labels else {
+            let mut object = collection.objects.remove(&key)?;
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            self.announce(resource, rv, "DELETED", object);
+            return Some(rv);
         };
-        self.rv = rv;
-        let collection = self.collection(resource);
-        collection.log.push((rv, event, object.clone()));
-        collection
-            .watchers
-            .retain(|w| !w.wants(&object) || w.tx.send(w.line(event, &object)).is_ok());
-        Some(rv)
+        let mut labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if resource == Resource::Namespaces {
+            labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
+        }
+        let object = match collection.objects.get(&key) {
+            Some(previous) => {
+                let mut object = previous.clone();
+                object["metadata"]["labels"] = json!(labels);
+                object
+            }
+            None => new_object(resource, namespace, name, &labels, rv),
+        };
+        Some(self.put(resource, namespace, name, object))
     }
 }
 
@@ -660,6 +663,18 @@ fn new_object(
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
         }),
+        Resource::Nodes => json!({
+            "kind": "Node",
+            "apiVersion": "v1",
+            "metadata": metadata,
+            "spec": {"podCIDR": "10.244.0.0/24"},
+            "status": {
+                "capacity": {"cpu": "4", "memory": "16318916Ki", "pods": "110"},
+                "allocatable": {"cpu": "4", "memory": "16216516Ki", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "addresses": [{"type": "Hostname", "address": name}],
+            },
+        }),
     }
 }
 
@@ -684,6 +699,7 @@ fn object_target(path: &str) -> Option<Target> {
     let (resource, namespace) = match segments.as_slice() {
         ["", "api", "v1", "pods"] => (Resource::Pods, None),
         ["", "api", "v1", "namespaces"] => (Resource::Namespaces, None),
+        ["", "api", "v1", "nodes"] => (Resource::Nodes, None),
         ["", "api", "v1", "namespaces", ns, "pods"] if !ns.is_empty() => {
             (Resource::Pods, Some((*ns).to_owned()))
         }
@@ -1009,6 +1025,25 @@ impl FakeKubeApi {
         self.objects().change(Resource::Namespaces, "", name, None)
     }
 
+    /// Serves nodes from now on (`true`): in `/api/v1` discovery, lists and watches of
+    /// `/api/v1/nodes`; else (the default) that path is a 404 like any unknown one.
+    pub fn serve_nodes(&self, on: bool) {
+        self.objects().nodes_served = on;
+    }
+
+    /// Creates the node `name` with `labels`, or replaces its labels (watchers get `ADDED` or
+    /// `MODIFIED`). Returns the change's resourceVersion.
+    pub fn set_node(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.objects()
+            .change(Resource::Nodes, "", name, Some(labels))
+            .unwrap_or_default()
+    }
+
+    /// Deletes the node `name`; `None` when there is no such node.
+    pub fn delete_node(&self, name: &str) -> Option<u64> {
+        self.objects().change(Resource::Nodes, "", name, None)
+    }
+
     /// The names of the pods of `namespace`, sorted.
     pub fn pods(&self, namespace: &str) -> Vec<String> {
         self.objects()
@@ -1250,7 +1285,7 @@ fn respond(request: &Recorded, state: &State) -> Reply {
         && request.method == "GET"
         && request.is_watch()
         && authorized(request)
-        && let Some(target) = object_target(&request.path)
+        && let Some(target) = served_target(&request.path, state)
     {
         return match start_watch(request, state, &target) {
             Ok(watch) => Reply::Watch(watch),
@@ -1456,9 +1491,16 @@ fn start_watch(
 }
 
 /// Discovery, and lists of pods and namespaces; `None` for any other path.
+/// [`object_target`], unless it names nodes and they are not served.
+fn served_target(path: &str, state: &State) -> Option<Target> {
+    let nodes = lock(&state.objects).nodes_served;
+    object_target(path).filter(|t| nodes || t.resource != Resource::Nodes)
+}
+
 fn objects_answer(request: &Recorded, state: &State) -> Option<(u16, Value)> {
-    let document = discovery_document(&request.path);
-    let target = object_target(&request.path);
+    let nodes = lock(&state.objects).nodes_served;
+    let document = discovery_document(&request.path, nodes);
+    let target = served_target(&request.path, state);
     if document.is_none() && target.is_none() {
         return None;
     }
@@ -1476,7 +1518,7 @@ fn objects_answer(request: &Recorded, state: &State) -> Option<(u16, Value)> {
     })
 }
 
-fn discovery_document(path: &str) -> Option<Value> {
+fn discovery_document(path: &str, nodes: bool) -> Option<Value> {
     let resource = |name: &str, singular: &str, namespaced: bool, kind: &str, verbs: &[&str]| {
         let mut r = json!({
             "name": name,
@@ -1515,16 +1557,23 @@ fn discovery_document(path: &str) -> Option<Value> {
             let mut pods = resource("pods", "pod", true, "Pod", &all);
             pods["shortNames"] = json!(["po"]);
             pods["categories"] = json!(["all"]);
+            let mut resources = vec![
+                namespaces,
+                resource("namespaces/status", "", false, "Namespace", &status_verbs),
+            ];
+            if nodes {
+                resources.push(resource("nodes", "node", false, "Node", &all));
+                resources.push(resource("nodes/status", "", false, "Node", &status_verbs));
+            }
+            resources.extend([
+                pods,
+                resource("pods/log", "", true, "Pod", &["get"]),
+                resource("pods/status", "", true, "Pod", &status_verbs),
+            ]);
             json!({
                 "kind": "APIResourceList",
                 "groupVersion": "v1",
-                "resources": [
-                    namespaces,
-                    resource("namespaces/status", "", false, "Namespace", &status_verbs),
-                    pods,
-                    resource("pods/log", "", true, "Pod", &["get"]),
-                    resource("pods/status", "", true, "Pod", &status_verbs),
-                ],
+                "resources": resources,
             })
         }
         "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
@@ -2186,6 +2235,35 @@ mod tests {
         assert_eq!(lists.len(), 6, "{lists:?}");
         assert_eq!(lists[3].param("continue").as_deref(), Some(token));
         assert!(fake.watches_of(Resource::Pods).is_empty());
+    }
+
+    #[test]
+    fn nodes_are_served_only_when_asked() {
+        let fake = FakeKubeApi::start_with_objects();
+        fake.set_node("node-a", &[("zone", "a")]);
+        let json = "application/json";
+        let has_nodes = |fake: &FakeKubeApi| {
+            let (_, v1) = get_objects(fake, "/api/v1", json);
+            v1["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "nodes")
+        };
+        assert!(!has_nodes(&fake));
+        assert_eq!(get_objects(&fake, NODES, json).0, 404);
+        fake.serve_nodes(true);
+        assert!(has_nodes(&fake));
+        fake.set_node("node-b", &[]);
+        let (code, list) = get_objects(&fake, NODES, json);
+        assert_eq!((code, &list["kind"]), (200, &json!("NodeList")));
+        assert_eq!(names(&list), ["node-a", "node-b"]);
+        assert_eq!(list["items"][0]["metadata"]["labels"], json!({"zone": "a"}));
+        assert!(list["items"][0]["metadata"].get("namespace").is_none());
+        assert!(fake.delete_node("node-a").is_some());
+        assert_eq!(names(&get_objects(&fake, NODES, json).1), ["node-b"]);
+        // Every request to the path is recorded, the 404 before serve_nodes included.
+        assert_eq!(fake.lists_of(Resource::Nodes).len(), 3);
     }
 
     #[test]

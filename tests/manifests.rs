@@ -1106,6 +1106,7 @@ fn manifests_every_kustomization_builds_parses_and_validates_offline() {
         "deploy/example",
         "deploy/overlays/cert-manager",
         "deploy/overlays/external-prometheus",
+        "deploy/overlays/resource-metrics",
         "deploy/overlays/uds-origin",
     ] {
         assert!(
@@ -1964,6 +1965,7 @@ fn manifests_adapter_starts_with_the_deployment_args_of_each_variant() {
         "deploy/base",
         "deploy/overlays/external-prometheus",
         "deploy/overlays/cert-manager",
+        "deploy/overlays/resource-metrics",
     ] {
         let build = kustomize(dir);
         let deploy = build.get("Deployment", NAMESPACE, "prom-adapter");

@@ -9,7 +9,8 @@ use common::units::Duration as ConfigDuration;
 use crate::config::AdapterConfig;
 
 /// Serves the Kubernetes custom and external metrics APIs (custom.metrics.k8s.io v1beta1 and
-/// v1beta2, external.metrics.k8s.io v1beta1) from PromQL, for the HorizontalPodAutoscaler.
+/// v1beta2, external.metrics.k8s.io v1beta1) from PromQL, for the HorizontalPodAutoscaler; with
+/// resourceRules also metrics.k8s.io v1beta1 (kubectl top, CPU/memory HPAs).
 /// Reads prometheus-adapter's rules file and flags unchanged. Settings also come from the
 /// `[adapter]` table of a pipeline.toml; flags override it.
 #[derive(Debug, Clone, Parser)]
@@ -19,8 +20,9 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Rules: prometheus-adapter's config YAML (`rules`, `externalRules`). A file ending in
-    /// `.toml` is read as pipeline.toml instead (its `[adapter]` table, rules included).
+    /// Rules: prometheus-adapter's config YAML (`rules`, `externalRules`, `resourceRules`). A
+    /// file ending in `.toml` is read as pipeline.toml instead (its `[adapter]` table, rules
+    /// included).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::prom::http::{BasicAuth, ClientConfig, Verb};
+use crate::rules::resource::ResourceRulesSpec;
 use crate::rules::{self, RuleSet, RuleSpec, Warnings};
 
 /// The whole file as the adapter reads it: its own table, the bridge's ignored.
@@ -65,6 +66,10 @@ pub struct AdapterConfig {
     pub rules: Vec<Spanned<RuleSpec>>,
     /// External rules written here.
     pub external_rules: Vec<Spanned<RuleSpec>>,
+    /// prometheus-adapter's `resourceRules` written here (`cpu` and `memory` tables, and
+    /// `window`): with them the adapter also serves `metrics.k8s.io` (`kubectl top`, CPU and
+    /// memory HPAs). Either here or in the rules file, not both.
+    pub resource_rules: Option<Spanned<ResourceRulesSpec>>,
     /// Serving certificate and key (PEM). Without them a self-signed pair is used.
     pub tls_cert_file: String,
     /// The key of `tls_cert_file`.
@@ -143,6 +148,7 @@ impl Default for AdapterConfig {
             rules_file: Spanned::new(0..0, String::new()),
             rules: Vec::new(),
             external_rules: Vec::new(),
+            resource_rules: None,
             tls_cert_file: String::new(),
             tls_private_key_file: String::new(),
             cert_dir: String::new(),
@@ -309,6 +315,19 @@ impl Config {
             src,
             path,
         )?);
+        if let Some(spec) = &adapter.resource_rules {
+            if rules.resource.is_some() {
+                return Err(at(
+                    spec.span(),
+                    "resource_rules",
+                    format!(
+                        "resource rules are already given in {}; keep one of the two",
+                        rules_file
+                    ),
+                ));
+            }
+            rules.resource = Some(rules::resource_from_toml(spec, src, path)?);
+        }
         let basic_auth = (!adapter.prometheus_basic_auth_username.is_empty()).then(|| BasicAuth {
             username: adapter.prometheus_basic_auth_username.clone(),
             password_file: opt_path(&adapter.prometheus_basic_auth_password_file),
@@ -423,6 +442,82 @@ metricsQuery = 'sum(<<.Series>>{<<.LabelMatchers>>})'
         assert_eq!(cfg.rules.external.len(), 1);
         assert_eq!(cfg.rules.custom[0].window, Duration::from_secs(120));
         assert_eq!(cfg.rules.custom[0].position, "pipeline.toml:3:1");
+    }
+
+    const NATIVE_RESOURCE_RULES: &str = r#"version = 1
+[adapter]
+[adapter.resource_rules]
+window = "30s"
+[adapter.resource_rules.cpu]
+container_query = 'sum by (<<.GroupBy>>) (irate(container_cpu_usage_seconds_total{<<.LabelMatchers>>,container!=""}[4m]))'
+node_query = 'sum by (<<.GroupBy>>) (irate(node_cpu_usage_seconds_total{<<.LabelMatchers>>}[4m]))'
+container_label = "container"
+resources = { overrides = { namespace = { resource = "namespace" }, pod = { resource = "pod" }, node = { resource = "node" } } }
+[adapter.resource_rules.memory]
+containerQuery = 'sum by (<<.GroupBy>>) (container_memory_working_set_bytes{<<.LabelMatchers>>,container!=""})'
+nodeQuery = 'sum by (<<.GroupBy>>) (node_memory_working_set_bytes{<<.LabelMatchers>>})'
+containerLabel = "container"
+resources = { template = "<<.Resource>>" }
+"#;
+
+    #[test]
+    fn native_resource_rules_share_the_model() {
+        let cfg = check(NATIVE_RESOURCE_RULES).unwrap();
+        let r = cfg.rules.resource.unwrap();
+        assert_eq!(r.window, Duration::from_secs(30));
+        assert_eq!(r.position, "pipeline.toml:3:1");
+        let q = r
+            .memory
+            .render(&crate::rules::resource::Target::Nodes { name: Some("n1") })
+            .unwrap();
+        assert_eq!(
+            q.promql,
+            r#"sum by (node) (node_memory_working_set_bytes{node="n1"})"#
+        );
+    }
+
+    #[test]
+    fn native_resource_rules_errors_point_at_the_table() {
+        let e = check(&NATIVE_RESOURCE_RULES.replace("container_label = \"container\"\n", ""))
+            .unwrap_err();
+        assert!(
+            e.starts_with("pipeline.toml:5:1: field `adapter.resource_rules.cpu`")
+                && e.contains("containerLabel"),
+            "{e}"
+        );
+        let e = check(&NATIVE_RESOURCE_RULES.replace(
+            "resources = { template = \"<<.Resource>>\" }",
+            "resources = { template = \"kube_<<.Resource>>\", namespaced = false }",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "pipeline.toml:3:1: field `adapter.resource_rules.memory.resources`: \
+             resources.namespaced is for externalRules only"
+        );
+    }
+
+    #[test]
+    fn resource_rules_in_both_places_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            crate::rules::resource::tests::STANDARD,
+        )
+        .unwrap();
+        let src = NATIVE_RESOURCE_RULES
+            .replace("[adapter]\n", "[adapter]\nrules_file = \"rules.yaml\"\n");
+        let path = Path::new("pipeline.toml");
+        let file: PipelineFile = common::config::from_toml(&src, path).unwrap();
+        let e = Config::validate(file.adapter, &src, path, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "field `adapter.resource_rules`: resource rules are already given in rules.yaml"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! prom-adapter: serves `custom.metrics.k8s.io` and `external.metrics.k8s.io` from PromQL,
-//! for the HorizontalPodAutoscaler, reading prometheus-adapter's rules unchanged.
+//! prom-adapter: serves `custom.metrics.k8s.io` and `external.metrics.k8s.io` (and, with
+//! resource rules, `metrics.k8s.io`) from PromQL, for the HorizontalPodAutoscaler and
+//! `kubectl top`, reading prometheus-adapter's rules unchanged.
 //!
 //! # Layout
 //! - [`rules`]: rules YAML/TOML → compiled rules; naming, resources, query templates (pure).
@@ -196,6 +197,10 @@ pub async fn prepare(cfg: &Config) -> Result<Prepared, RunError> {
                 .flat_map(|r| r.resources.override_resources())
                 .map(|info| info.group_resource.clone())
                 .collect();
+            if cfg.rules.resource.is_some() {
+                // metrics.k8s.io lists nodes, with their labels, as it lists pods.
+                extra.push(rules::resources::GroupResource::new("", "nodes"));
+            }
             extra.sort();
             extra.dedup();
             let cache = objects::WatchCache::start(kube, &extra, object_metrics, stop.clone())
@@ -370,6 +375,7 @@ async fn reload_loop<P: prom::PromApi>(
                     trigger = why,
                     rules = cfg.rules.custom.len(),
                     external_rules = cfg.rules.external.len(),
+                    resource_rules = cfg.rules.resource.is_some(),
                     "Reloaded the config; discovering with the new rules."
                 );
                 sources = cfg.sources.clone();

@@ -1,7 +1,10 @@
-//! Rules + a [`PromApi`] → API answers: discovery, custom and external metric values.
+//! Rules + a [`PromApi`] → API answers: discovery, custom and external metric values, and
+//! (in `resource`) pod and node usage for `metrics.k8s.io`.
 //!
 //! Handlers stay thin: they parse a [`Route`](crate::api::route::Route) and call one method
 //! here; tests drive these methods with the fake backend.
+
+mod resource;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};

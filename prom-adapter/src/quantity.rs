@@ -88,6 +88,48 @@ pub fn from_prometheus(value: &str) -> Result<Converted, ValueError> {
     parse_sample(value).map(|decimal| clamp_for_hpa(decimal.round_away(NANO_EXP)))
 }
 
+/// Converts a sample counting bytes to the Quantity metrics-server writes for memory
+/// (BinarySI): whole bytes, rounded away from zero as a Quantity rounds; `Ki`…`Ei` when a
+/// multiple of 1024 (`104857600` is `100Mi`), else the plain number; below 1024 the DecimalSI
+/// form apimachinery falls back to (`1000` is `1k`). Clamped like [`from_prometheus`].
+pub fn bytes_from_prometheus(value: &str) -> Result<Converted, ValueError> {
+    let decimal = parse_sample(value)?.round_away(0);
+    let magnitude = decimal
+        .magnitude_in(0)
+        .filter(|m| *m <= CLAMP.unsigned_abs().into());
+    let Some(mut magnitude) = magnitude else {
+        let clamped = Decimal::from_i64(if decimal.negative { -CLAMP } else { CLAMP });
+        return Ok(Converted {
+            quantity: Quantity(clamped.to_canonical()),
+            clamped: true,
+        });
+    };
+    if magnitude < 1024 {
+        return Ok(Converted {
+            quantity: Quantity(decimal.to_canonical()),
+            clamped: false,
+        });
+    }
+    let mut power = 0;
+    while power < BINARY_SUFFIXES.len() && magnitude % 1024 == 0 {
+        magnitude /= 1024;
+        power += 1;
+    }
+    let suffix = power
+        .checked_sub(1)
+        .and_then(|i| BINARY_SUFFIXES.get(i))
+        .copied()
+        .unwrap_or("");
+    let sign = if decimal.negative { "-" } else { "" };
+    Ok(Converted {
+        quantity: Quantity(format!("{sign}{magnitude}{suffix}")),
+        clamped: false,
+    })
+}
+
+/// BinarySI suffixes, for 1024^1 to 1024^6.
+const BINARY_SUFFIXES: [&str; 6] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+
 /// Converts an `f64` through its shortest round-trip decimal, so `0.1` stays `100m`.
 pub fn from_f64(value: f64) -> Result<Converted, ValueError> {
     if value.is_nan() {
@@ -839,6 +881,41 @@ mod tests {
         for input in ["+", "-", "k", "Ki", "Ti", "m", "e5", "E"] {
             check(input, "0");
         }
+    }
+
+    #[test]
+    fn bytes_as_metrics_server_prints_memory() {
+        for (sample, want) in [
+            ("104857600", "100Mi"),
+            ("52432896", "51204Ki"),
+            ("1073741824", "1Gi"),
+            ("1536", "1536"),
+            ("1024", "1Ki"),
+            ("1234567", "1234567"),
+            ("1000", "1k"),
+            ("512", "512"),
+            ("0", "0"),
+            // Fractional bytes round up to whole ones.
+            ("1023.2", "1Ki"),
+            ("1e3", "1k"),
+            ("1.048576e8", "100Mi"),
+            ("1152921504606846976", "9223372036854775"),
+        ] {
+            let got = bytes_from_prometheus(sample).unwrap();
+            assert_eq!(got.quantity.0, want, "{sample}");
+            assert_eq!(got.clamped, sample.len() > 18, "{sample}");
+            // apimachinery reads it back as the same number of bytes.
+            if !got.clamped {
+                let bytes = milli_value(&got.quantity.0).unwrap() / 1000;
+                assert_eq!(
+                    bytes as f64,
+                    sample.parse::<f64>().unwrap().ceil(),
+                    "{sample}"
+                );
+            }
+        }
+        assert_eq!(bytes_from_prometheus("NaN"), Err(ValueError::NaN));
+        assert!(bytes_from_prometheus("12x").is_err());
     }
 
     #[test]

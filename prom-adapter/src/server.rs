@@ -14,9 +14,9 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use common::http::ConnInfo;
 
-use crate::api::route::{self, Route};
-use crate::api::types;
-use crate::api::{ApiError, CUSTOM_GROUP, EXTERNAL_GROUP};
+use crate::api::route::{self, ResourceKind, Route};
+use crate::api::{ApiError, CUSTOM_GROUP, EXTERNAL_GROUP, RESOURCE_GROUP};
+use crate::api::{resource, types};
 use crate::auth::kube_api::{KubeAuth, KubeAuthApi};
 use crate::auth::{self, Attributes, Authenticator, Authorizer, Decision, UserInfo};
 use crate::prom::PromApi;
@@ -150,15 +150,53 @@ pub async fn respond<P: PromApi, K>(
         Err(e) => return error(&e, group),
     };
     let provider = &state.provider;
+    let resource_metrics = provider.serves_resource_metrics();
+    let not_found =
+        || ApiError::NotFound("the server could not find the requested resource".into());
     match route {
-        Route::Apis => json(types::api_group_list(), group),
-        Route::Group(name) => match types::api_group(&name) {
+        Route::Apis => json(types::api_group_list(resource_metrics), group),
+        Route::Group(name) => match types::api_group(&name, resource_metrics) {
             Some(body) => json(body, group),
-            None => error(
-                &ApiError::NotFound("the server could not find the requested resource".into()),
-                group,
-            ),
+            None => error(&not_found(), group),
         },
+        Route::ResourceList {
+            group: RESOURCE_GROUP,
+            ..
+        }
+        | Route::Resource(_)
+            if !resource_metrics =>
+        {
+            error(&not_found(), group)
+        }
+        Route::ResourceList {
+            group: RESOURCE_GROUP,
+            ..
+        } => json(resource::resource_list(), group),
+        Route::Resource(req) => {
+            let one = req.name.is_some();
+            let body =
+                match req.kind {
+                    ResourceKind::Pods => provider.pod_metrics(&req).await.map(|items| match items
+                        .first()
+                    {
+                        Some(item) if one => resource::pod_metrics(item),
+                        _ => resource::pod_metrics_list(&items),
+                    }),
+                    ResourceKind::Nodes => {
+                        provider
+                            .node_metrics(&req)
+                            .await
+                            .map(|items| match items.first() {
+                                Some(item) if one => resource::node_metrics(item),
+                                _ => resource::node_metrics_list(&items),
+                            })
+                    }
+                };
+            match body {
+                Ok(body) => json(body, group),
+                Err(e) => error(&e, group),
+            }
+        }
         Route::ResourceList { group: g, version } => {
             let external = g == EXTERNAL_GROUP;
             let resources = provider.resource_list(external);
@@ -188,6 +226,7 @@ fn group_of(path: &str) -> &'static str {
     match path {
         p if p.starts_with("/apis/custom.metrics.k8s.io/") => "custom",
         p if p.starts_with("/apis/external.metrics.k8s.io/") => "external",
+        p if p.starts_with("/apis/metrics.k8s.io/") => "resource",
         p if p.starts_with("/apis") => "discovery",
         _ => "other",
     }

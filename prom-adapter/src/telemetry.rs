@@ -16,7 +16,8 @@ pub fn now_unix() -> f64 {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Requests by API group (`custom`, `external`, `discovery`, `other`) and status code.
+    /// Requests by API group (`custom`, `external`, `resource`, `discovery`, `other`) and
+    /// status code.
     pub requests: IntCounterVec,
     /// Request latency by API group.
     pub request_seconds: HistogramVec,
@@ -38,7 +39,7 @@ pub struct Metrics {
     pub clamped: IntCounter,
     /// NaN/±Inf samples by what the rule did with them (`error`, `zero`, `skip`).
     pub non_finite: IntCounterVec,
-    /// Answers with no sample, by API.
+    /// Answers with no sample, by API (`custom`, `external`, `resource`).
     pub empty: IntCounterVec,
     /// Serving certificate reloads by result (`ok`, `error`).
     pub cert_reloads: IntCounterVec,

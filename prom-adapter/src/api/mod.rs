@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`route`]: request path and query → [`route::Route`].
 //! - [`types`]: value lists, discovery documents and timestamps, pinned by golden tests.
+//! - [`resource`]: `metrics.k8s.io` pod and node metrics, as metrics-server writes them.
 //! - [`ApiError`]: every failure as a `metav1.Status` with the matching HTTP code.
 
+pub mod resource;
 pub mod route;
 pub mod types;
 
@@ -14,6 +16,8 @@ use serde::Serialize;
 pub const CUSTOM_GROUP: &str = "custom.metrics.k8s.io";
 /// The external metrics API group.
 pub const EXTERNAL_GROUP: &str = "external.metrics.k8s.io";
+/// The resource metrics API group (metrics-server's).
+pub const RESOURCE_GROUP: &str = "metrics.k8s.io";
 
 /// A request that fails, classified as Kubernetes clients expect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +78,12 @@ impl ApiError {
         Self::NotFound(format!(
             "the server could not find the metric {metric} for {what}"
         ))
+    }
+
+    /// apimachinery's `NewNotFound`: `<resource> "<name>" not found`, e.g.
+    /// `podmetrics.metrics.k8s.io "default/web-0" not found`.
+    pub fn object_not_found(resource: &str, name: &str) -> Self {
+        Self::NotFound(format!("{resource} \"{name}\" not found"))
     }
 
     /// The `metav1.Status` body.

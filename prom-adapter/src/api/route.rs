@@ -1,7 +1,7 @@
 //! Request paths of the aggregated API, as custom-metrics-apiserver installs them.
 
 use super::types::CustomVersion;
-use super::{ApiError, CUSTOM_GROUP, EXTERNAL_GROUP};
+use super::{ApiError, CUSTOM_GROUP, EXTERNAL_GROUP, RESOURCE_GROUP};
 
 /// Which objects a custom-metrics request names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,30 @@ pub struct ExternalRequest {
     pub label_selector: String,
 }
 
+/// Pods or nodes, in `metrics.k8s.io`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    /// `PodMetrics`.
+    Pods,
+    /// `NodeMetrics`.
+    Nodes,
+}
+
+/// A `metrics.k8s.io` request: one pod or node (`name`), or a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRequest {
+    /// Pods or nodes.
+    pub kind: ResourceKind,
+    /// For pods: the namespace; `None` lists every namespace.
+    pub namespace: Option<String>,
+    /// One object; `None` for a list.
+    pub name: Option<String>,
+    /// `labelSelector`: which objects, by their labels.
+    pub label_selector: String,
+    /// `fieldSelector`: `metadata.name` and `metadata.namespace`, as metrics-server reads it.
+    pub field_selector: String,
+}
+
 /// What a path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -60,6 +84,8 @@ pub enum Route {
     Custom(CustomRequest),
     /// An external metric.
     External(ExternalRequest),
+    /// Pod or node metrics.
+    Resource(ResourceRequest),
 }
 
 /// Percent-decodes one path segment; `None` when the result isn't UTF-8.
@@ -118,6 +144,9 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, ApiError> {
             if rest.is_empty() {
                 return Ok(Route::ResourceList { group, version });
             }
+            if group == RESOURCE_GROUP {
+                return resource_route(rest, &param);
+            }
             if group == EXTERNAL_GROUP {
                 return match rest {
                     ["namespaces", ns, metric] => Ok(Route::External(ExternalRequest {
@@ -163,6 +192,30 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Route, ApiError> {
         }
         _ => Err(not_found()),
     }
+}
+
+/// The paths metrics-server serves under `/apis/metrics.k8s.io/v1beta1`.
+fn resource_route(rest: &[&str], param: &dyn Fn(&str) -> String) -> Result<Route, ApiError> {
+    let watch = param("watch");
+    if !(watch.is_empty() || watch == "0" || watch.eq_ignore_ascii_case("false")) {
+        // Get and list only, as metrics-server.
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let (kind, namespace, name) = match rest {
+        ["pods"] => (ResourceKind::Pods, None, None),
+        ["namespaces", ns, "pods"] => (ResourceKind::Pods, Some(*ns), None),
+        ["namespaces", ns, "pods", name] => (ResourceKind::Pods, Some(*ns), Some(*name)),
+        ["nodes"] => (ResourceKind::Nodes, None, None),
+        ["nodes", name] => (ResourceKind::Nodes, None, Some(*name)),
+        _ => return Err(not_found()),
+    };
+    Ok(Route::Resource(ResourceRequest {
+        kind,
+        namespace: namespace.map(str::to_owned),
+        name: name.map(str::to_owned),
+        label_selector: param("labelSelector"),
+        field_selector: param("fieldSelector"),
+    }))
 }
 
 #[cfg(test)]
@@ -262,6 +315,75 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn resource(path: &str, query: Option<&str>) -> ResourceRequest {
+        match parse(path, query).unwrap() {
+            Route::Resource(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn resource_metrics_paths() {
+        const BASE: &str = "/apis/metrics.k8s.io/v1beta1";
+        let r = resource(&format!("{BASE}/pods"), Some("labelSelector=app%3Dweb"));
+        assert_eq!(
+            r,
+            ResourceRequest {
+                kind: ResourceKind::Pods,
+                namespace: None,
+                name: None,
+                label_selector: "app=web".into(),
+                field_selector: String::new(),
+            }
+        );
+        let r = resource(
+            &format!("{BASE}/namespaces/default/pods"),
+            Some("fieldSelector=metadata.name%3Dweb-0"),
+        );
+        assert_eq!(
+            (r.namespace.as_deref(), r.name, r.field_selector.as_str()),
+            (Some("default"), None, "metadata.name=web-0")
+        );
+        let r = resource(&format!("{BASE}/namespaces/default/pods/web-0"), None);
+        assert_eq!(r.name.as_deref(), Some("web-0"));
+        let r = resource(&format!("{BASE}/nodes/"), None);
+        assert_eq!(
+            (r.kind, r.namespace, r.name),
+            (ResourceKind::Nodes, None, None)
+        );
+        let r = resource(&format!("{BASE}/nodes/node-a"), None);
+        assert_eq!(r.name.as_deref(), Some("node-a"));
+        assert_eq!(
+            parse(BASE, None).unwrap(),
+            Route::ResourceList {
+                group: RESOURCE_GROUP,
+                version: "v1beta1"
+            }
+        );
+        for p in [
+            "/pods/web-0",
+            "/namespaces/default",
+            "/namespaces/default/pods/web-0/x",
+            "/services",
+        ] {
+            assert_eq!(
+                parse(&format!("{BASE}{p}"), None).unwrap_err().code(),
+                404,
+                "{p}"
+            );
+        }
+        assert_eq!(
+            parse(&format!("{BASE}/pods"), Some("watch=true"))
+                .unwrap_err()
+                .code(),
+            405
+        );
+        assert_eq!(
+            parse("/apis/metrics.k8s.io/v1", None).unwrap_err().code(),
+            404
+        );
     }
 
     #[test]

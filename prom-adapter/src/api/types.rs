@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Serialize;
 
-use super::{CUSTOM_GROUP, EXTERNAL_GROUP};
+use super::{CUSTOM_GROUP, EXTERNAL_GROUP, RESOURCE_GROUP};
 
 /// `metav1.ListMeta`, always empty here; Go emits it as `{}`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -256,22 +256,30 @@ fn group(name: &'static str, versions: &[&'static str], top_level: bool) -> ApiG
 }
 
 /// The groups served, preferred version first: kube-apiserver prefers v1beta2 for custom
-/// metrics when the APIServices have equal priority, and so does the HPA.
+/// metrics when the APIServices have equal priority, and so does the HPA. `metrics.k8s.io`
+/// only when resource rules are configured (see [`served`]).
 pub const GROUPS: &[(&str, &[&str])] = &[
     (CUSTOM_GROUP, &["v1beta2", "v1beta1"]),
     (EXTERNAL_GROUP, &["v1beta1"]),
+    (RESOURCE_GROUP, &[super::resource::RESOURCE_VERSION]),
 ];
 
+/// Whether `group` is served: `metrics.k8s.io` only with resource rules, since `kubectl top`
+/// takes its presence in `/apis` to mean that it works.
+pub fn served(group: &str, resource_metrics: bool) -> bool {
+    group != RESOURCE_GROUP || resource_metrics
+}
+
 /// The `APIGroup` document of one group, if served.
-pub fn api_group(name: &str) -> Option<Result<Vec<u8>, serde_json::Error>> {
+pub fn api_group(name: &str, resource_metrics: bool) -> Option<Result<Vec<u8>, serde_json::Error>> {
     GROUPS
         .iter()
-        .find(|(g, _)| *g == name)
+        .find(|(g, _)| *g == name && served(g, resource_metrics))
         .map(|(g, versions)| serde_json::to_vec(&group(g, versions, true)))
 }
 
 /// The `APIGroupList` of `/apis`.
-pub fn api_group_list() -> Result<Vec<u8>, serde_json::Error> {
+pub fn api_group_list(resource_metrics: bool) -> Result<Vec<u8>, serde_json::Error> {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Doc {
@@ -284,6 +292,7 @@ pub fn api_group_list() -> Result<Vec<u8>, serde_json::Error> {
         api_version: "v1",
         groups: GROUPS
             .iter()
+            .filter(|(g, _)| served(g, resource_metrics))
             .map(|(g, versions)| group(g, versions, false))
             .collect(),
     })
@@ -441,17 +450,30 @@ mod tests {
                                   "namespaced": true, "kind": "MetricValueList", "verbs": ["get"]}]})
         );
         assert_eq!(
-            parse(api_group("custom.metrics.k8s.io").unwrap().unwrap()),
+            parse(api_group("custom.metrics.k8s.io", false).unwrap().unwrap()),
             json!({"kind": "APIGroup", "apiVersion": "v1", "name": "custom.metrics.k8s.io",
                    "versions": [{"groupVersion": "custom.metrics.k8s.io/v1beta2", "version": "v1beta2"},
                                 {"groupVersion": "custom.metrics.k8s.io/v1beta1", "version": "v1beta1"}],
                    "preferredVersion": {"groupVersion": "custom.metrics.k8s.io/v1beta2", "version": "v1beta2"}})
         );
-        let list = parse(api_group_list().unwrap());
+        let list = parse(api_group_list(false).unwrap());
         assert_eq!(list["kind"], "APIGroupList");
         assert_eq!(list["groups"][1]["name"], "external.metrics.k8s.io");
+        assert_eq!(list["groups"].as_array().unwrap().len(), 2);
         assert!(list["groups"][0].get("kind").is_none());
-        assert!(api_group("metrics.k8s.io").is_none());
+        assert!(api_group("metrics.k8s.io", false).is_none());
+        // With resource rules, metrics.k8s.io is listed as metrics-server lists it.
+        let list = parse(api_group_list(true).unwrap());
+        assert_eq!(
+            list["groups"][2],
+            json!({"name": "metrics.k8s.io",
+                   "versions": [{"groupVersion": "metrics.k8s.io/v1beta1", "version": "v1beta1"}],
+                   "preferredVersion": {"groupVersion": "metrics.k8s.io/v1beta1", "version": "v1beta1"}})
+        );
+        assert_eq!(
+            parse(api_group("metrics.k8s.io", true).unwrap().unwrap())["kind"],
+            "APIGroup"
+        );
     }
 
     #[test]

@@ -470,6 +470,27 @@ mod tests {
                 "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_depth",
                 "R list external.metrics.k8s.io/v1beta1 ns=default queue_depth//",
             ),
+            // metrics.k8s.io, as RBAC's system:aggregated-metrics-reader names it.
+            (
+                "/apis/metrics.k8s.io/v1beta1/pods",
+                "R list metrics.k8s.io/v1beta1 ns= pods//",
+            ),
+            (
+                "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods",
+                "R list metrics.k8s.io/v1beta1 ns=default pods//",
+            ),
+            (
+                "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/web-0",
+                "R get metrics.k8s.io/v1beta1 ns=default pods/web-0/",
+            ),
+            (
+                "/apis/metrics.k8s.io/v1beta1/nodes",
+                "R list metrics.k8s.io/v1beta1 ns= nodes//",
+            ),
+            (
+                "/apis/metrics.k8s.io/v1beta1/nodes/node-a",
+                "R get metrics.k8s.io/v1beta1 ns= nodes/node-a/",
+            ),
         ];
         for (path, expected) in CASES {
             check("GET", path, expected);

@@ -138,6 +138,26 @@ impl ObjectResolver for FakeObjects {
     ) -> Result<bool, ObjectsError> {
         self.answer(resource, |objects| objects.exists(namespace, name))
     }
+
+    fn objects(
+        &self,
+        resource: &GroupResource,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<ObjectRef>, ObjectsError> {
+        self.answer(resource, |objects| {
+            objects.select_objects(namespace, selector)
+        })
+    }
+
+    fn get(
+        &self,
+        resource: &GroupResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<ObjectRef>, ObjectsError> {
+        self.answer(resource, |objects| objects.get(namespace, name))
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,35 @@ pub trait ObjectResolver: Send + Sync + 'static {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<bool, ObjectsError>;
+
+    /// The objects [`ObjectResolver::select`] names, with their namespaces and labels
+    /// (resource metrics echo the labels), by namespace then name. A resolver that keeps no
+    /// labels answers as if it didn't watch the resource.
+    fn objects(
+        &self,
+        resource: &GroupResource,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<ObjectRef>, ObjectsError> {
+        let _ = (namespace, selector);
+        Err(ObjectsError::NotWatched {
+            resource: resource.to_string(),
+        })
+    }
+
+    /// The object `name` in `namespace` (for a cluster-scoped resource the namespace is
+    /// ignored), if it exists. Same default as [`ObjectResolver::objects`].
+    fn get(
+        &self,
+        resource: &GroupResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<ObjectRef>, ObjectsError> {
+        let _ = (namespace, name);
+        Err(ObjectsError::NotWatched {
+            resource: resource.to_string(),
+        })
+    }
 }
 
 /// Shared ownership: a test keeps one `Arc` to a [`FakeObjects`] and hands another out.
@@ -116,6 +145,24 @@ impl<T: ObjectResolver> ObjectResolver for Arc<T> {
         name: &str,
     ) -> Result<bool, ObjectsError> {
         T::exists(self, resource, namespace, name)
+    }
+
+    fn objects(
+        &self,
+        resource: &GroupResource,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<ObjectRef>, ObjectsError> {
+        T::objects(self, resource, namespace, selector)
+    }
+
+    fn get(
+        &self,
+        resource: &GroupResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<ObjectRef>, ObjectsError> {
+        T::get(self, resource, namespace, name)
     }
 }
 

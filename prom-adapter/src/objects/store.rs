@@ -108,6 +108,46 @@ impl ObjectMap {
             .any(|names| names.contains_key(name))
     }
 
+    /// The objects in `namespace` (`None`: all) whose labels match `selector`, with their
+    /// namespaces and labels, by namespace then name.
+    pub(crate) fn select_objects(
+        &self,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Vec<ObjectRef> {
+        let wanted = match (self.namespaced, namespace) {
+            (true, Some(ns)) => Some(ns),
+            _ => None,
+        };
+        self.by_namespace
+            .iter()
+            .filter(|(ns, _)| wanted.is_none_or(|w| w == ns.as_str()))
+            .flat_map(|(ns, names)| {
+                names
+                    .iter()
+                    .filter(|(_, labels)| {
+                        selector.matches(|key| labels.get(key).map(String::as_str))
+                    })
+                    .map(move |(name, labels)| ObjectRef {
+                        name: name.clone(),
+                        namespace: self.namespaced.then(|| ns.clone()),
+                        labels: labels.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The object `name` in `namespace` (ignored when cluster-scoped).
+    pub(crate) fn get(&self, namespace: Option<&str>, name: &str) -> Option<ObjectRef> {
+        let key = self.key(namespace);
+        let labels = self.by_namespace.get(key)?.get(name)?;
+        Some(ObjectRef {
+            name: name.to_owned(),
+            namespace: self.namespaced.then(|| key.to_owned()),
+            labels: labels.clone(),
+        })
+    }
+
     /// Every object, by namespace then name.
     #[cfg(test)]
     pub(crate) fn objects(&self) -> Vec<ObjectRef> {
@@ -180,6 +220,42 @@ mod tests {
         // An emptied namespace leaves nothing behind.
         assert_eq!(map.by_namespace.len(), 1);
         assert_eq!(map.objects().len(), 3);
+    }
+
+    #[test]
+    fn objects_come_with_namespace_and_labels() {
+        let map = pods();
+        let web = Selector::parse("app=web").unwrap();
+        assert_eq!(
+            map.select_objects(None, &web),
+            vec![
+                pod("a", "web-1", &[("app", "web"), ("tier", "front")]),
+                pod("a", "web-2", &[("app", "web")]),
+                pod("b", "web-1", &[("app", "web"), ("tier", "front")]),
+            ]
+        );
+        assert_eq!(
+            map.select_objects(Some("b"), &Selector::default()),
+            vec![pod("b", "web-1", &[("app", "web"), ("tier", "front")])]
+        );
+        assert_eq!(
+            map.get(Some("a"), "db-1"),
+            Some(pod("a", "db-1", &[("app", "db"), ("tier", "back")]))
+        );
+        assert_eq!(map.get(Some("b"), "db-1"), None);
+        assert_eq!(map.get(None, "db-1"), None);
+        let mut nodes = ObjectMap::new(false);
+        nodes.insert(ObjectRef::new("n1", None, [("zone", "x")]));
+        assert_eq!(
+            nodes.get(Some("ignored"), "n1"),
+            Some(ObjectRef::new("n1", None, [("zone", "x")]))
+        );
+        assert_eq!(
+            nodes
+                .select_objects(Some("ignored"), &Selector::default())
+                .len(),
+            1
+        );
     }
 
     #[test]

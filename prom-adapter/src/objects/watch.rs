@@ -366,6 +366,26 @@ impl ObjectResolver for WatchCache {
     ) -> Result<bool, ObjectsError> {
         self.answer(resource, |objects| objects.exists(namespace, name))
     }
+
+    fn objects(
+        &self,
+        resource: &GroupResource,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<ObjectRef>, ObjectsError> {
+        self.answer(resource, |objects| {
+            objects.select_objects(namespace, selector)
+        })
+    }
+
+    fn get(
+        &self,
+        resource: &GroupResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<ObjectRef>, ObjectsError> {
+        self.answer(resource, |objects| objects.get(namespace, name))
+    }
 }
 
 /// What the cache keeps of a watched object.

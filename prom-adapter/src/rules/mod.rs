@@ -6,6 +6,7 @@
 
 pub mod naming;
 pub mod query;
+pub mod resource;
 pub mod resources;
 pub mod template;
 
@@ -17,6 +18,7 @@ use common::config::ConfigError;
 use serde::Deserialize;
 
 use self::naming::{Namer, SeriesFilter};
+use self::resource::{ResourceRules, ResourceRulesSpec};
 use self::resources::ResourceMapper;
 use self::template::Template;
 
@@ -166,6 +168,8 @@ pub struct RuleSet {
     pub custom: Vec<Rule>,
     /// `externalRules`.
     pub external: Vec<Rule>,
+    /// `resourceRules`: `metrics.k8s.io` is served only when they are given.
+    pub resource: Option<ResourceRules>,
 }
 
 impl RuleSet {
@@ -174,10 +178,14 @@ impl RuleSet {
         self.custom.iter().chain(&self.external)
     }
 
-    /// Appends another set (TOML rules after a YAML file's).
+    /// Appends another set (TOML rules after a YAML file's); its resource rules, if any,
+    /// replace these (the config refuses them twice).
     pub fn extend(&mut self, other: RuleSet) {
         self.custom.extend(other.custom);
         self.external.extend(other.external);
+        if other.resource.is_some() {
+            self.resource = other.resource;
+        }
     }
 }
 
@@ -305,9 +313,8 @@ struct AdapterFile {
     rules: Vec<serde_saphyr::Spanned<RuleSpec>>,
     #[serde(default)]
     external_rules: Vec<serde_saphyr::Spanned<RuleSpec>>,
-    /// Resource metrics (`metrics.k8s.io`) are not served yet.
     #[serde(default)]
-    resource_rules: Option<serde::de::IgnoredAny>,
+    resource_rules: Option<serde_saphyr::Spanned<ResourceRulesSpec>>,
 }
 
 /// Reads prometheus-adapter's config YAML, unchanged (unknown keys are errors, as its
@@ -325,14 +332,17 @@ pub fn from_yaml(src: &str, path: &Path) -> Result<(RuleSet, Warnings), ConfigEr
             message: common::config::yaml_message(&e.to_string()),
         })?
     };
-    let mut warnings = Warnings::new();
-    if file.resource_rules.is_some() {
-        warnings.push(format!(
-            "{}: resourceRules is accepted but not served yet (metrics.k8s.io)",
-            path.display()
-        ));
-    }
+    let warnings = Warnings::new();
     let mut set = RuleSet::default();
+    if let Some(spanned) = file.resource_rules {
+        let loc = spanned.referenced;
+        set.resource = Some(compile_resource(
+            &spanned.value,
+            path,
+            (loc.line() as usize, loc.column() as usize),
+            "resourceRules",
+        )?);
+    }
     for (kind, list, name) in [
         (RuleKind::Custom, file.rules, "rules"),
         (RuleKind::External, file.external_rules, "externalRules"),
@@ -352,6 +362,33 @@ pub fn from_yaml(src: &str, path: &Path) -> Result<(RuleSet, Warnings), ConfigEr
         }
     }
     Ok((set, warnings))
+}
+
+/// Validates a `resourceRules` section written at `position` of `path`; `field` is its
+/// name there (`resourceRules`, `adapter.resource_rules`).
+fn compile_resource(
+    spec: &ResourceRulesSpec,
+    path: &Path,
+    position: (usize, usize),
+    field: &str,
+) -> Result<ResourceRules, ConfigError> {
+    let at = format!("{}:{}:{}", path.display(), position.0, position.1);
+    ResourceRules::compile(spec, at).map_err(|(sub, e)| ConfigError {
+        path: path.to_path_buf(),
+        position: Some(position),
+        field: Some(format!("{field}.{sub}")),
+        message: e.to_string(),
+    })
+}
+
+/// Compiles `[adapter.resource_rules]` of `pipeline.toml`.
+pub fn resource_from_toml(
+    spec: &toml::Spanned<ResourceRulesSpec>,
+    src: &str,
+    path: &Path,
+) -> Result<ResourceRules, ConfigError> {
+    let position = common::config::line_col(src, spec.span().start);
+    compile_resource(spec.get_ref(), path, position, "adapter.resource_rules")
 }
 
 /// Compiles rules written in `pipeline.toml` (`[[adapter.rules]]`, `[[adapter.external_rules]]`).
@@ -511,12 +548,16 @@ externalRules:
     }
 
     #[test]
-    fn resource_rules_are_accepted_with_a_warning() {
-        let (_, warnings) = from_yaml(
-            "resourceRules:\n  cpu:\n    containerQuery: x\n  window: 5m\n",
-            Path::new("a.yaml"),
-        )
-        .unwrap();
-        assert_eq!(warnings.len(), 1);
+    fn resource_rules_are_compiled_without_warnings() {
+        let (set, warnings) = from_yaml(resource::tests::STANDARD, Path::new("a.yaml")).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let r = set.resource.unwrap();
+        assert_eq!(r.cpu.container_label, "container");
+        assert_eq!(
+            (r.cpu.pod_label.as_str(), r.cpu.namespace_label.as_str()),
+            ("pod", "namespace")
+        );
+        assert_eq!(r.memory.node_label, "node");
+        assert!(yaml(DOCUMENTED).unwrap().resource.is_none());
     }
 }
