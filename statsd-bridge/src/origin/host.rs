@@ -61,7 +61,7 @@ impl Host {
     }
 
     /// The container and pod whose cgroup directory has this inode, walking the cgroup tree
-    /// again (at most every [`RESCAN_GAP`]) when it isn't known.
+    /// again (at most every 5 s, `RESCAN_GAP`) when it isn't known.
     pub fn owner_of_inode(&self, inode: u64) -> Option<CgroupOwner> {
         let mut inodes = self
             .inodes
