@@ -134,6 +134,51 @@ impl Adapter {
         }
     }
 
+    /// [`Adapter::start`] for a `pipeline.toml` that names its own backends
+    /// (`[[adapter.backends]]`): [`Adapter::base_args`] without `--prometheus-url`, which the
+    /// adapter refuses beside them.
+    ///
+    /// # Panics
+    /// As [`Adapter::start`].
+    pub fn start_with_backends(pipeline_toml: &Path, extra_args: &[&str]) -> Adapter {
+        let dir = tempfile::Builder::new()
+            .prefix("prom-adapter-")
+            .tempdir()
+            .expect("creating a temp dir for the adapter");
+        let ready_path = dir.path().join("ready.json");
+        let base = Self::base_args(pipeline_toml, "", dir.path());
+        let mut args = Vec::with_capacity(base.len() + extra_args.len() + 1);
+        let mut skip_value = false;
+        for arg in base {
+            if std::mem::take(&mut skip_value) {
+                continue;
+            }
+            if arg == "--prometheus-url" {
+                skip_value = true;
+                continue;
+            }
+            args.push(arg);
+        }
+        args.push("--insecure-dev".to_owned());
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        let child = ChildGuard::spawn("prom-adapter", command(&args, dir.path()))
+            .expect("starting prom-adapter");
+        let ready = eventually("prom-adapter to write its ready file", PATIENCE, || {
+            if let Err(e) = child.ensure_running() {
+                panic!("{e:#}\nargs were: {args:?}");
+            }
+            read_ready(&ready_path)
+        });
+        let kubectl = Kubectl::new(ready.secure);
+        Adapter {
+            child,
+            ready,
+            kubectl,
+            args,
+            dir,
+        }
+    }
+
     /// Runs `prom-adapter` with [`Adapter::base_args`] and `extra_args` only (no
     /// `--insecure-dev`) for a start that is expected to fail, and returns how it exited.
     ///

@@ -4,6 +4,7 @@
 
 mod adapter;
 mod adapter_auth;
+mod adapter_backends;
 mod adapter_objects;
 mod adapter_resource;
 mod adapter_vm;

@@ -27,7 +27,8 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Base URL of the Prometheus API (Thanos, Mimir and VictoriaMetrics work too); a path
-    /// prefix is kept. Default: http://127.0.0.1:9090.
+    /// prefix is kept. It is the backend named `default`; several backends are configured
+    /// as `[[adapter.backends]]` in pipeline.toml instead. Default: http://127.0.0.1:9090.
     #[arg(long, global = true, value_name = "URL")]
     pub prometheus_url: Option<String>,
 

@@ -55,6 +55,12 @@ pub struct AdapterConfig {
     pub prometheus_client_cert_file: String,
     /// Its key.
     pub prometheus_client_key_file: String,
+    /// Several named backends (`[[adapter.backends]]`); rules pick one with `backend`, or use
+    /// the first. Replaces the `prometheus_*` keys (giving both is an error).
+    pub backends: Vec<Spanned<BackendSpec>>,
+    /// Another external metrics server (KEDA's) that gets the external metrics requests this
+    /// adapter has no rule for, and whose discovery list is merged into ours.
+    pub external_upstream: Option<Spanned<UpstreamSpec>>,
     /// How often every rule's series query runs to refresh the metric lists.
     pub relist_interval: Spanned<ConfigDuration>,
     /// How far back discovery looks for series; `"0s"` means the relist interval.
@@ -143,6 +149,8 @@ impl Default for AdapterConfig {
             prometheus_ca_file: String::new(),
             prometheus_client_cert_file: String::new(),
             prometheus_client_key_file: String::new(),
+            backends: Vec::new(),
+            external_upstream: None,
             relist_interval: Spanned::new(0..0, ConfigDuration(Duration::from_secs(60))),
             metrics_max_age: Spanned::new(0..0, ConfigDuration(Duration::ZERO)),
             rules_file: Spanned::new(0..0, String::new()),
@@ -179,6 +187,120 @@ impl Default for AdapterConfig {
     }
 }
 
+/// One `[[adapter.backends]]` entry: a Prometheus-compatible API and how to reach it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// What rules call it (`backend = "…"`) and the `backend` label of the self-metrics.
+    pub name: Spanned<String>,
+    /// Base URL of its API; a path prefix is kept.
+    pub url: Spanned<String>,
+    /// `GET` or `POST`.
+    #[serde(default)]
+    pub verb: Option<Spanned<String>>,
+    /// Per-query timeout, also sent as the `timeout` parameter (default 30s).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    /// Headers sent with every request (`X-Scope-OrgID`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Parameters added to every request (Thanos' `partial_response = "false"`).
+    #[serde(default)]
+    pub query_params: BTreeMap<String, String>,
+    /// Bearer token file, re-read when it changes.
+    #[serde(default)]
+    pub token_file: String,
+    /// Basic auth user name.
+    #[serde(default)]
+    pub basic_auth_username: String,
+    /// File holding the basic auth password.
+    #[serde(default)]
+    pub basic_auth_password_file: String,
+    /// CA bundle for HTTPS; `""` uses the system roots.
+    #[serde(default)]
+    pub ca_file: String,
+    /// Client certificate for mutual TLS.
+    #[serde(default)]
+    pub client_cert_file: String,
+    /// Its key.
+    #[serde(default)]
+    pub client_key_file: String,
+}
+
+/// `[adapter.external_upstream]`: where external metrics this adapter doesn't serve go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Base URL of the other server (`https://keda-operator-metrics-apiserver.keda:443`);
+    /// request paths are appended unchanged.
+    pub url: Spanned<String>,
+    /// CA bundle of its serving certificate; `""` uses the system roots.
+    #[serde(default)]
+    pub ca_file: String,
+    /// Client certificate this adapter presents to it.
+    #[serde(default)]
+    pub client_cert_file: String,
+    /// Its key.
+    #[serde(default)]
+    pub client_key_file: String,
+    /// Bearer token file this adapter presents (its ServiceAccount token); re-read on change.
+    #[serde(default)]
+    pub token_file: String,
+    /// How long a forwarded request may take (default 30s).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+}
+
+/// A backend as [`crate::run`] builds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// Its name.
+    pub name: String,
+    /// How to reach it.
+    pub client: ClientConfig,
+}
+
+/// The first single-backend key set to something other than its default, if any: with
+/// `[[adapter.backends]]` those keys would be silently ignored, so they are refused.
+fn single_backend_key_given(a: &AdapterConfig) -> Option<&'static str> {
+    let d = AdapterConfig::default();
+    [
+        (
+            "prometheus_url",
+            a.prometheus_url.get_ref() != d.prometheus_url.get_ref(),
+        ),
+        (
+            "prometheus_verb",
+            a.prometheus_verb.get_ref() != d.prometheus_verb.get_ref(),
+        ),
+        (
+            "prometheus_timeout",
+            a.prometheus_timeout.0 != d.prometheus_timeout.0,
+        ),
+        ("prometheus_headers", !a.prometheus_headers.is_empty()),
+        ("prometheus_token_file", !a.prometheus_token_file.is_empty()),
+        (
+            "prometheus_basic_auth_username",
+            !a.prometheus_basic_auth_username.is_empty(),
+        ),
+        (
+            "prometheus_basic_auth_password_file",
+            !a.prometheus_basic_auth_password_file.is_empty(),
+        ),
+        ("prometheus_ca_file", !a.prometheus_ca_file.is_empty()),
+        (
+            "prometheus_client_cert_file",
+            !a.prometheus_client_cert_file.is_empty(),
+        ),
+        (
+            "prometheus_client_key_file",
+            !a.prometheus_client_key_file.is_empty(),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(key, given)| given.then_some(key))
+}
+
 /// A validated config: what [`crate::run`] needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -186,8 +308,10 @@ pub struct Config {
     pub adapter: AdapterConfig,
     /// The HTTPS address.
     pub listen: SocketAddr,
-    /// The backend client settings.
-    pub prometheus: ClientConfig,
+    /// The backends, in order (the first serves rules that name none); never empty.
+    pub backends: Vec<BackendConfig>,
+    /// The external metrics server unserved external metrics are forwarded to.
+    pub external_upstream: Option<ClientConfig>,
     /// Relist period.
     pub relist_interval: Duration,
     /// Discovery lookback.
@@ -238,21 +362,37 @@ impl Config {
                 format!("`{}` is not an address: {e}", adapter.listen.get_ref()),
             )
         })?;
-        let verb: Verb = adapter.prometheus_verb.get_ref().parse().map_err(|_| {
-            at(
-                adapter.prometheus_verb.span(),
-                "prometheus_verb",
-                format!("`{}` is not GET or POST", adapter.prometheus_verb.get_ref()),
-            )
-        })?;
-        let url = adapter.prometheus_url.get_ref();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(at(
-                adapter.prometheus_url.span(),
-                "prometheus_url",
-                format!("`{url}` must start with http:// or https://"),
-            ));
-        }
+        let backends = if adapter.backends.is_empty() {
+            vec![single_backend(&adapter, &at)?]
+        } else {
+            if let Some(key) = single_backend_key_given(&adapter) {
+                let span = match key {
+                    "prometheus_url" => adapter.prometheus_url.span(),
+                    "prometheus_verb" => adapter.prometheus_verb.span(),
+                    _ => 0..0,
+                };
+                return Err(at(
+                    span,
+                    key,
+                    "give either [[adapter.backends]] or the prometheus_* settings \
+                     (--prometheus-url, …), not both"
+                        .into(),
+                ));
+            }
+            let mut out: Vec<BackendConfig> = Vec::with_capacity(adapter.backends.len());
+            for (i, spec) in adapter.backends.iter().enumerate() {
+                let b = backend(i, spec, &at)?;
+                if out.iter().any(|o| o.name == b.name) {
+                    return Err(at(
+                        spec.get_ref().name.span(),
+                        &format!("backends[{i}].name"),
+                        format!("backend `{}` is defined twice", b.name),
+                    ));
+                }
+                out.push(b);
+            }
+            out
+        };
         let relist_interval = adapter.relist_interval.get_ref().0;
         if relist_interval.is_zero() {
             return Err(at(
@@ -277,15 +417,6 @@ impl Config {
                 0..0,
                 "tls_cert_file",
                 "tls_cert_file and tls_private_key_file go together".into(),
-            ));
-        }
-        if adapter.prometheus_client_cert_file.is_empty()
-            != adapter.prometheus_client_key_file.is_empty()
-        {
-            return Err(at(
-                0..0,
-                "prometheus_client_cert_file",
-                "prometheus_client_cert_file and prometheus_client_key_file go together".into(),
             ));
         }
         let mut rules = RuleSet::default();
@@ -328,30 +459,16 @@ impl Config {
             }
             rules.resource = Some(rules::resource_from_toml(spec, src, path)?);
         }
-        let basic_auth = (!adapter.prometheus_basic_auth_username.is_empty()).then(|| BasicAuth {
-            username: adapter.prometheus_basic_auth_username.clone(),
-            password_file: opt_path(&adapter.prometheus_basic_auth_password_file),
-            password: None,
-        });
-        let prometheus = ClientConfig {
-            url: url.clone(),
-            verb,
-            timeout: adapter.prometheus_timeout.0,
-            headers: adapter
-                .prometheus_headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            bearer_token_file: opt_path(&adapter.prometheus_token_file),
-            basic_auth,
-            ca_file: opt_path(&adapter.prometheus_ca_file),
-            client_cert_file: opt_path(&adapter.prometheus_client_cert_file),
-            client_key_file: opt_path(&adapter.prometheus_client_key_file),
-            ..ClientConfig::default()
+        let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+        rules.check_backends(&names)?;
+        let external_upstream = match &adapter.external_upstream {
+            Some(u) => Some(upstream(u.get_ref(), &at)?),
+            None => None,
         };
         Ok(Config {
             listen,
-            prometheus,
+            backends,
+            external_upstream,
             relist_interval,
             max_age,
             rules,
@@ -360,6 +477,158 @@ impl Config {
             adapter,
         })
     }
+}
+
+/// Builds a config error from a span, the field under `adapter.` and a message.
+type At<'a> = dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError + 'a;
+
+fn parse_verb(v: &Spanned<String>, field: &str, at: &At<'_>) -> Result<Verb, ConfigError> {
+    v.get_ref().parse().map_err(|_| {
+        at(
+            v.span(),
+            field,
+            format!("`{}` is not GET or POST", v.get_ref()),
+        )
+    })
+}
+
+fn check_url(url: &Spanned<String>, field: &str, at: &At<'_>) -> Result<(), ConfigError> {
+    let u = url.get_ref();
+    if u.starts_with("http://") || u.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(at(
+            url.span(),
+            field,
+            format!("`{u}` must start with http:// or https://"),
+        ))
+    }
+}
+
+fn check_pair(cert: &str, key: &str, field: &str, at: &At<'_>) -> Result<(), ConfigError> {
+    if cert.is_empty() == key.is_empty() {
+        Ok(())
+    } else {
+        Err(at(
+            0..0,
+            field,
+            "the client certificate and key files go together".into(),
+        ))
+    }
+}
+
+/// The backend named `default` from the `prometheus_*` keys (prometheus-adapter's flags).
+fn single_backend(a: &AdapterConfig, at: &At<'_>) -> Result<BackendConfig, ConfigError> {
+    let verb = parse_verb(&a.prometheus_verb, "prometheus_verb", at)?;
+    check_url(&a.prometheus_url, "prometheus_url", at)?;
+    check_pair(
+        &a.prometheus_client_cert_file,
+        &a.prometheus_client_key_file,
+        "prometheus_client_cert_file",
+        at,
+    )?;
+    let basic_auth = (!a.prometheus_basic_auth_username.is_empty()).then(|| BasicAuth {
+        username: a.prometheus_basic_auth_username.clone(),
+        password_file: opt_path(&a.prometheus_basic_auth_password_file),
+        password: None,
+    });
+    Ok(BackendConfig {
+        name: crate::provider::DEFAULT_BACKEND.to_owned(),
+        client: ClientConfig {
+            url: a.prometheus_url.get_ref().clone(),
+            verb,
+            timeout: a.prometheus_timeout.0,
+            headers: pairs(&a.prometheus_headers),
+            bearer_token_file: opt_path(&a.prometheus_token_file),
+            basic_auth,
+            ca_file: opt_path(&a.prometheus_ca_file),
+            client_cert_file: opt_path(&a.prometheus_client_cert_file),
+            client_key_file: opt_path(&a.prometheus_client_key_file),
+            ..ClientConfig::default()
+        },
+    })
+}
+
+fn pairs(map: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// `[adapter.external_upstream]`, checked.
+fn upstream(u: &UpstreamSpec, at: &At<'_>) -> Result<ClientConfig, ConfigError> {
+    check_url(&u.url, "external_upstream.url", at)?;
+    check_pair(
+        &u.client_cert_file,
+        &u.client_key_file,
+        "external_upstream.client_cert_file",
+        at,
+    )?;
+    Ok(ClientConfig {
+        url: u.url.get_ref().clone(),
+        timeout: u
+            .timeout
+            .map_or(crate::prom::http::DEFAULT_TIMEOUT, |t| t.0),
+        bearer_token_file: opt_path(&u.token_file),
+        ca_file: opt_path(&u.ca_file),
+        client_cert_file: opt_path(&u.client_cert_file),
+        client_key_file: opt_path(&u.client_key_file),
+        ..ClientConfig::default()
+    })
+}
+
+/// One `[[adapter.backends]]` entry, checked.
+fn backend(
+    i: usize,
+    spec: &Spanned<BackendSpec>,
+    at: &At<'_>,
+) -> Result<BackendConfig, ConfigError> {
+    let b = spec.get_ref();
+    let field = |f: &str| format!("backends[{i}].{f}");
+    let name = b.name.get_ref();
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(at(
+            b.name.span(),
+            &field("name"),
+            format!("`{name}` must be letters, digits, `-`, `_` or `.`"),
+        ));
+    }
+    check_url(&b.url, &field("url"), at)?;
+    let verb = match &b.verb {
+        Some(v) => parse_verb(v, &field("verb"), at)?,
+        None => Verb::Get,
+    };
+    check_pair(
+        &b.client_cert_file,
+        &b.client_key_file,
+        &field("client_cert_file"),
+        at,
+    )?;
+    let basic_auth = (!b.basic_auth_username.is_empty()).then(|| BasicAuth {
+        username: b.basic_auth_username.clone(),
+        password_file: opt_path(&b.basic_auth_password_file),
+        password: None,
+    });
+    Ok(BackendConfig {
+        name: name.clone(),
+        client: ClientConfig {
+            url: b.url.get_ref().clone(),
+            verb,
+            timeout: b
+                .timeout
+                .map_or(crate::prom::http::DEFAULT_TIMEOUT, |t| t.0),
+            headers: pairs(&b.headers),
+            query_params: pairs(&b.query_params),
+            bearer_token_file: opt_path(&b.token_file),
+            basic_auth,
+            ca_file: opt_path(&b.ca_file),
+            client_cert_file: opt_path(&b.client_cert_file),
+            client_key_file: opt_path(&b.client_key_file),
+            ..ClientConfig::default()
+        },
+    })
 }
 
 #[cfg(test)]
@@ -532,5 +801,237 @@ resources = { template = "<<.Resource>>" }
             ),
             "{e}"
         );
+    }
+
+    const TWO_BACKENDS: &str = r#"version = 1
+[adapter]
+[[adapter.backends]]
+name = "prom"
+url = "http://127.0.0.1:9090"
+[[adapter.backends]]
+name = "thanos"
+url = "https://thanos:10902/prefix"
+verb = "POST"
+timeout = "5s"
+headers = { X-Scope-OrgID = "team-a" }
+query_params = { partial_response = "false" }
+token_file = "/var/run/token"
+ca_file = "/etc/ca.pem"
+client_cert_file = "/etc/c.pem"
+client_key_file = "/etc/k.pem"
+
+[[adapter.external_rules]]
+series_query = '{__name__="queue_depth"}'
+metrics_query = 'sum(<<.Series>>{<<.LabelMatchers>>})'
+backend = "thanos"
+"#;
+
+    #[test]
+    fn several_backends_load_in_order() {
+        let cfg = check(TWO_BACKENDS).unwrap();
+        let names: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, vec!["prom", "thanos"]);
+        let thanos = &cfg.backends[1].client;
+        assert_eq!(thanos.url, "https://thanos:10902/prefix");
+        assert_eq!(thanos.verb, Verb::Post);
+        assert_eq!(thanos.timeout, Duration::from_secs(5));
+        assert_eq!(
+            thanos.headers,
+            vec![("X-Scope-OrgID".to_owned(), "team-a".to_owned())]
+        );
+        assert_eq!(
+            thanos.query_params,
+            vec![("partial_response".to_owned(), "false".to_owned())]
+        );
+        assert_eq!(
+            thanos.bearer_token_file.as_deref(),
+            Some(Path::new("/var/run/token"))
+        );
+        assert_eq!(cfg.backends[0].client.verb, Verb::Get);
+        assert_eq!(cfg.rules.external[0].backend.as_deref(), Some("thanos"));
+    }
+
+    #[test]
+    fn single_backend_keys_make_the_default_backend() {
+        let cfg = check(
+            "version = 1\n[adapter]\nprometheus_url = \"http://p:9090\"\nprometheus_verb = \"POST\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.backends.len(), 1);
+        assert_eq!(cfg.backends[0].name, "default");
+        assert_eq!(cfg.backends[0].client.url, "http://p:9090");
+        assert_eq!(cfg.backends[0].client.verb, Verb::Post);
+        // Nothing given at all: the default URL.
+        let cfg = check("version = 1\n[adapter]\n").unwrap();
+        assert_eq!(cfg.backends[0].client.url, "http://127.0.0.1:9090");
+    }
+
+    #[test]
+    fn backend_errors_name_their_field() {
+        for (edit, want) in [
+            (
+                (
+                    "[[adapter.backends]]\nname = \"prom\"",
+                    "[[adapter.backends]]\nname = \"prom\"\nprometheus_url = \"x\"",
+                ),
+                "pipeline.toml:5:1: field `adapter.backends.prometheus_url`: unknown field",
+            ),
+            (
+                ("name = \"thanos\"", "name = \"prom\""),
+                "pipeline.toml:7:8: field `adapter.backends[1].name`: backend `prom` is defined twice",
+            ),
+            (
+                ("name = \"thanos\"", "name = \"th anos\""),
+                "field `adapter.backends[1].name`: `th anos` must be letters",
+            ),
+            (
+                ("verb = \"POST\"", "verb = \"PUT\""),
+                "pipeline.toml:9:8: field `adapter.backends[1].verb`: `PUT` is not GET or POST",
+            ),
+            (
+                ("url = \"https://thanos", "url = \"thanos"),
+                "field `adapter.backends[1].url`: `thanos:10902/prefix` must start with",
+            ),
+            (
+                ("client_key_file = \"/etc/k.pem\"\n", ""),
+                "field `adapter.backends[1].client_cert_file`: the client certificate and key files go together",
+            ),
+            (
+                ("backend = \"thanos\"", "backend = \"mimir\""),
+                "pipeline.toml:18:1: field `adapter.external_rules[0].backend`: unknown backend `mimir` (configured: prom, thanos)",
+            ),
+            (
+                (
+                    "[adapter]\n",
+                    "[adapter]\nprometheus_url = \"http://other:9090\"\n",
+                ),
+                "pipeline.toml:3:18: field `adapter.prometheus_url`: give either [[adapter.backends]] or the prometheus_* settings",
+            ),
+            (
+                ("[adapter]\n", "[adapter]\nprometheus_token_file = \"/t\"\n"),
+                "field `adapter.prometheus_token_file`: give either",
+            ),
+        ] {
+            let src = TWO_BACKENDS.replacen(edit.0, edit.1, 1);
+            assert_ne!(src, TWO_BACKENDS, "{edit:?}");
+            let e = check(&src).unwrap_err();
+            assert!(e.contains(want), "{edit:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_flag_for_the_single_backend_conflicts_with_backends() {
+        let path = Path::new("pipeline.toml");
+        let file: PipelineFile = common::config::from_toml(TWO_BACKENDS, path).unwrap();
+        let mut adapter = file.adapter;
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "prom-adapter",
+            "--prometheus-url",
+            "http://flag:9090",
+        ])
+        .unwrap();
+        cli.apply(&mut adapter).unwrap();
+        let e = Config::validate(adapter, TWO_BACKENDS, path, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `adapter.prometheus_url`: give either [[adapter.backends]]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_backend_in_yaml_and_resource_rules_names_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            "rules:\n- seriesQuery: 'up'\n  metricsQuery: 'up'\n- seriesQuery: 'up'\n  metricsQuery: 'up'\n  backend: nope\n",
+        )
+        .unwrap();
+        let path = Path::new("pipeline.toml");
+        let src = "version = 1\n[adapter]\nrules_file = \"rules.yaml\"\n";
+        let file: PipelineFile = common::config::from_toml(src, path).unwrap();
+        let e = Config::validate(file.adapter, src, path, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with(
+                "rules.yaml:4:3: field `rules[1].backend`: unknown backend `nope` (configured: default)"
+            ),
+            "{e}"
+        );
+        // Naming the default backend works without [[adapter.backends]].
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            "rules:\n- seriesQuery: 'up'\n  metricsQuery: 'up'\n  backend: default\n",
+        )
+        .unwrap();
+        let file: PipelineFile = common::config::from_toml(src, path).unwrap();
+        assert!(Config::validate(file.adapter, src, path, dir.path()).is_ok());
+        let e = check(
+            &NATIVE_RESOURCE_RULES
+                .replace("window = \"30s\"", "window = \"30s\"\nbackend = \"vm\""),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "pipeline.toml:3:1: field `adapter.resource_rules.backend`: unknown backend `vm` \
+             (configured: default)"
+        );
+    }
+
+    #[test]
+    fn external_upstream_loads_and_checks_its_fields() {
+        let src = "version = 1\n[adapter]\n[adapter.external_upstream]\nurl = \"https://keda:443\"\n\
+                   ca_file = \"/ca.pem\"\ntoken_file = \"/token\"\ntimeout = \"5s\"\n";
+        let cfg = check(src).unwrap();
+        let u = cfg.external_upstream.unwrap();
+        assert_eq!(u.url, "https://keda:443");
+        assert_eq!(u.timeout, Duration::from_secs(5));
+        assert_eq!(u.ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(u.bearer_token_file.as_deref(), Some(Path::new("/token")));
+        assert!(
+            check("version = 1\n[adapter]\n")
+                .unwrap()
+                .external_upstream
+                .is_none()
+        );
+        let e = check(&src.replace("https://keda:443", "keda:443")).unwrap_err();
+        assert!(
+            e.starts_with(
+                "pipeline.toml:4:7: field `adapter.external_upstream.url`: `keda:443` must start"
+            ),
+            "{e}"
+        );
+        let e = check(&format!("{src}client_cert_file = \"/c.pem\"\n")).unwrap_err();
+        assert!(
+            e.contains(
+                "field `adapter.external_upstream.client_cert_file`: the client certificate and key"
+            ),
+            "{e}"
+        );
+        let e = check(&format!("{src}insecure = true\n")).unwrap_err();
+        assert!(e.contains("unknown field `insecure`"), "{e}");
+    }
+
+    #[test]
+    fn shipped_commented_backends_and_upstream_load_when_uncommented() {
+        let src = include_str!("../../pipeline.toml");
+        let (head, tail) = src.split_once("# Several backends").unwrap();
+        let uncommented: String = tail
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = check(&format!("{head}{uncommented}")).unwrap();
+        let names: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, vec!["prometheus", "thanos"]);
+        assert!(cfg.external_upstream.is_some());
     }
 }

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod forward;
 pub use common::kube_client;
 pub mod objects;
 pub mod prom;
@@ -167,18 +168,29 @@ pub struct Prepared {
     pub access: server::Access<auth::KubeAuth>,
     /// Stops the background tasks.
     pub stop: CancellationToken,
-    /// The prometheus client.
-    pub client: Client,
+    /// The backends' clients, in configured order, with their names.
+    pub clients: Vec<(String, Client)>,
     /// The watch cache of objects, when there is a cluster to watch.
     pub objects: Option<objects::WatchCache>,
+    /// The external metrics server unserved external metrics go to.
+    pub forwarder: Option<Arc<forward::Forwarder>>,
 }
 
 /// Builds access control (reading the authentication ConfigMap) and the self-metrics.
 pub async fn prepare(cfg: &Config) -> Result<Prepared, RunError> {
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();
-    let client = Client::new(cfg.prometheus.clone())
-        .map_err(|e| RunError::Config(format!("prometheus client: {e}")))?;
+    let clients = clients(cfg).map_err(RunError::Config)?;
+    let forwarder = match &cfg.external_upstream {
+        Some(u) => {
+            let client = Client::new(u.clone())
+                .map_err(|e| RunError::Config(format!("external_upstream: {e}")))?;
+            let name = client.base_url().to_owned();
+            tracing::info!(upstream = %name, "Forwarding external metrics without a rule here.");
+            Some(Arc::new(forward::Forwarder::new(client, name)))
+        }
+        None => None,
+    };
     let access = access(&cfg.adapter, metrics.registry(), &stop).await?;
     let lister = (!cfg.adapter.lister_kubeconfig.is_empty())
         .then(|| std::path::PathBuf::from(&cfg.adapter.lister_kubeconfig));
@@ -220,9 +232,22 @@ pub async fn prepare(cfg: &Config) -> Result<Prepared, RunError> {
         metrics,
         access,
         stop,
-        client,
+        clients,
         objects,
+        forwarder,
     })
+}
+
+/// One HTTP client per backend; an error names the backend.
+fn clients(cfg: &Config) -> Result<Vec<(String, Client)>, String> {
+    cfg.backends
+        .iter()
+        .map(|b| {
+            Client::new(b.client.clone())
+                .map(|c| (b.name.clone(), c))
+                .map_err(|e| format!("prometheus client of backend `{}`: {e}", b.name))
+        })
+        .collect()
 }
 
 /// Serves until `shutdown` resolves, relisting in the background; with a `reloader`, the rules
@@ -239,8 +264,9 @@ pub async fn run(
         metrics,
         access,
         stop,
-        client,
+        clients,
         objects,
+        forwarder,
     } = prepared;
     let client_certs = match access {
         server::Access::Open => {
@@ -277,8 +303,8 @@ pub async fn run(
             },
         );
     }
-    let mut provider = Provider::new(
-        client,
+    let mut provider = Provider::with_backends(
+        clients,
         Arc::new(cfg.rules.clone()),
         Arc::clone(&metrics),
         cfg.max_age,
@@ -296,9 +322,11 @@ pub async fn run(
         ready: AtomicBool::new(true),
         ready_check,
         access,
+        forwarder: forwarder.clone(),
     });
     let relist = tokio::spawn(relist_loop(
         Arc::clone(&provider),
+        forwarder,
         cfg.relist_interval,
         stop.clone(),
     ));
@@ -306,7 +334,7 @@ pub async fn run(
         tokio::spawn(reload_loop(
             Arc::clone(&provider),
             Arc::clone(&state.metrics),
-            cfg.sources.clone(),
+            cfg.clone(),
             reloader,
             stop.clone(),
         ));
@@ -339,10 +367,11 @@ fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64
 async fn reload_loop<P: prom::PromApi>(
     provider: Arc<Provider<P>>,
     metrics: Arc<Metrics>,
-    sources: Vec<std::path::PathBuf>,
+    running: Config,
     reloader: Reloader,
     stop: CancellationToken,
 ) {
+    let sources = running.sources.clone();
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -378,6 +407,15 @@ async fn reload_loop<P: prom::PromApi>(
                     resource_rules = cfg.rules.resource.is_some(),
                     "Reloaded the config; discovering with the new rules."
                 );
+                if cfg.backends != running.backends
+                    || cfg.external_upstream != running.external_upstream
+                {
+                    // Their clients, connection pools and in-flight queries live as long as
+                    // the process; rules naming a backend that is new get 503 until then.
+                    tracing::warn!(
+                        "Backends and the external upstream change only on restart; keeping the running ones."
+                    );
+                }
                 sources = cfg.sources.clone();
                 seen = stamps(&sources);
                 provider.replace_rules(cfg.rules);
@@ -394,9 +432,10 @@ async fn reload_loop<P: prom::PromApi>(
     }
 }
 
-/// Relists now and then every `interval` until `stop`.
+/// Relists now and then every `interval` until `stop`, re-reading the upstream's list too.
 async fn relist_loop<P: prom::PromApi>(
     provider: Arc<Provider<P>>,
+    forwarder: Option<Arc<forward::Forwarder>>,
     interval: std::time::Duration,
     stop: CancellationToken,
 ) {
@@ -409,6 +448,9 @@ async fn relist_loop<P: prom::PromApi>(
             _ = ticker.tick() => {}
         }
         let outcome = provider.relist().await;
+        if let Some(f) = &forwarder {
+            let _ = f.refresh(&provider.resource_list(true)).await;
+        }
         if first || outcome.failed > 0 {
             tracing::info!(
                 queries = outcome.queries,
@@ -460,9 +502,8 @@ pub async fn render(cfg: Config, cmd: &cli::Command) -> Result<String, String> {
     else {
         return Err("not a render command".into());
     };
-    let client = Client::new(cfg.prometheus.clone()).map_err(|e| e.to_string())?;
-    let provider = Provider::new(
-        client,
+    let provider = Provider::with_backends(
+        clients(&cfg)?,
         Arc::new(cfg.rules),
         Arc::new(Metrics::new()),
         cfg.max_age,

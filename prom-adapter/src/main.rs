@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     if let Err(e) = directives.and_then(|d| common::telemetry::init(&d, cfg.adapter.log_format)) {
         return usage_error(e);
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, rules = cfg.rules.custom.len(), external_rules = cfg.rules.external.len(), resource_rules = cfg.rules.resource.is_some(), prometheus = %cfg.prometheus.url, "Starting prom-adapter.");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, rules = cfg.rules.custom.len(), external_rules = cfg.rules.external.len(), resource_rules = cfg.rules.resource.is_some(), backends = ?cfg.backends.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), "Starting prom-adapter.");
     for flag in ignored {
         tracing::warn!(
             flag,

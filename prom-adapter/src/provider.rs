@@ -45,17 +45,27 @@ pub struct RelistOutcome {
     pub external: usize,
 }
 
-/// The adapter's core, generic over the backend.
+/// The adapter's core, generic over the backend type.
 pub struct Provider<P> {
-    prom: P,
+    backends: Vec<Backend<P>>,
     catalog: RwLock<Arc<Catalog>>,
     metrics: Arc<Metrics>,
     max_age: Duration,
     last_relist: tokio::sync::Mutex<Option<Instant>>,
     objects: Option<Arc<dyn ObjectResolver>>,
     on_demand_gap: Duration,
+}
+
+/// One named backend. Its queries in flight are its own: identical PromQL sent to two
+/// backends is two different questions.
+struct Backend<P> {
+    name: String,
+    api: P,
     inflight: std::sync::Mutex<HashMap<String, InflightQuery>>,
 }
+
+/// The name of the backend built from the single-backend settings (`prometheus_url`).
+pub const DEFAULT_BACKEND: &str = "default";
 
 /// The rules and what discovery found with them, swapped together so a registry entry's rule
 /// index always points into the rules it was found with (a reload replaces both).
@@ -67,11 +77,16 @@ pub struct Catalog {
     pub registry: Arc<Registry>,
 }
 
+/// Distinct series queries by backend (`None`: the first), with the rules each serves.
+type SeriesQueries = Vec<((Option<String>, String), Vec<usize>)>;
+
 /// A query in flight: later identical requests wait for its answer instead of asking again.
 type InflightQuery = tokio::sync::watch::Receiver<Option<Result<QueryResult, PromError>>>;
 
-fn backend_error(e: &PromError) -> ApiError {
-    ApiError::Unavailable(format!("unable to fetch metrics from Prometheus: {e}"))
+fn backend_error(backend: &str, e: &PromError) -> ApiError {
+    ApiError::Unavailable(format!(
+        "unable to fetch metrics from Prometheus backend `{backend}`: {e}"
+    ))
 }
 
 fn bad_selector(param: &str, e: impl std::fmt::Display) -> ApiError {
@@ -89,21 +104,63 @@ fn query_error(e: QueryError) -> ApiError {
 }
 
 impl<P: PromApi> Provider<P> {
-    /// A provider serving what the rules name statically until the first relist.
+    /// A provider with one backend, named [`DEFAULT_BACKEND`], serving what the rules name
+    /// statically until the first relist.
     pub fn new(prom: P, rules: Arc<RuleSet>, metrics: Arc<Metrics>, max_age: Duration) -> Self {
+        Self::with_backends(
+            vec![(DEFAULT_BACKEND.to_owned(), prom)],
+            rules,
+            metrics,
+            max_age,
+        )
+    }
+
+    /// A provider over named backends; a rule without `backend` uses the first.
+    pub fn with_backends(
+        backends: Vec<(String, P)>,
+        rules: Arc<RuleSet>,
+        metrics: Arc<Metrics>,
+        max_age: Duration,
+    ) -> Self {
         let registry = Arc::new(Registry::from_rules(&rules));
+        let backends = backends
+            .into_iter()
+            .map(|(name, api)| Backend {
+                name,
+                api,
+                inflight: std::sync::Mutex::new(HashMap::new()),
+            })
+            .collect();
         let provider = Self {
-            prom,
+            backends,
             catalog: RwLock::new(Arc::new(Catalog { rules, registry })),
             metrics,
             max_age,
             last_relist: tokio::sync::Mutex::new(None),
             objects: None,
             on_demand_gap: ON_DEMAND_GAP,
-            inflight: std::sync::Mutex::new(HashMap::new()),
         };
         provider.publish_counts();
         provider
+    }
+
+    /// The backend a rule names, or the first one.
+    fn backend(&self, name: Option<&str>) -> Result<&Backend<P>, ApiError> {
+        let found = match name {
+            None => self.backends.first(),
+            Some(n) => self.backends.iter().find(|b| b.name == n),
+        };
+        found.ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "the rule's backend `{}` is not configured (backends change only on restart)",
+                name.unwrap_or(DEFAULT_BACKEND)
+            ))
+        })
+    }
+
+    /// The names of the backends, in configured order.
+    pub fn backend_names(&self) -> Vec<&str> {
+        self.backends.iter().map(|b| b.name.as_str()).collect()
     }
 
     /// Resolves objects through `objects` (the watch cache) instead of series labels.
@@ -163,6 +220,7 @@ impl<P: PromApi> Provider<P> {
 
     async fn timed<T>(
         &self,
+        backend: &str,
         endpoint: &'static str,
         call: impl Future<Output = Result<T, PromError>>,
     ) -> Result<T, PromError> {
@@ -170,14 +228,23 @@ impl<P: PromApi> Provider<P> {
         let result = call.await;
         self.metrics
             .backend_seconds
-            .with_label_values(&[endpoint])
+            .with_label_values(&[backend, endpoint])
             .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            self.metrics
-                .backend_errors
-                .with_label_values(&[endpoint, e.kind()])
-                .inc();
-        }
+        let up = match &result {
+            Ok(_) => true,
+            Err(e) => {
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&[backend, endpoint, e.kind()])
+                    .inc();
+                // A PromQL error is an answer: the backend is there.
+                matches!(e, PromError::Api { .. })
+            }
+        };
+        self.metrics
+            .backend_up
+            .with_label_values(&[backend])
+            .set(i64::from(up));
         result
     }
 
@@ -196,16 +263,23 @@ impl<P: PromApi> Provider<P> {
         let catalog = self.catalog();
         let rules: Vec<&Rule> = catalog.rules.iter().collect();
         let mut findings: Vec<Option<RuleFindings>> = vec![None; rules.len()];
-        let queries = Registry::series_queries(&catalog.rules);
+        let queries = self.series_queries(&rules);
         let mut failed = 0;
-        for (selector, indexes) in &queries {
-            match self
-                .timed(
-                    "series",
-                    self.prom.series(std::slice::from_ref(selector), start, end),
-                )
-                .await
-            {
+        for ((backend, selector), indexes) in &queries {
+            let answer = match self.backend(backend.as_deref()) {
+                Ok(b) => {
+                    self.timed(
+                        &b.name,
+                        "series",
+                        b.api.series(std::slice::from_ref(selector), start, end),
+                    )
+                    .await
+                }
+                Err(e) => Err(PromError::Unreachable {
+                    reason: e.to_string(),
+                }),
+            };
+            match answer {
                 Ok(series) => {
                     for &i in indexes {
                         if let (Some(rule), Some(slot)) = (rules.get(i), findings.get_mut(i)) {
@@ -215,7 +289,7 @@ impl<P: PromApi> Provider<P> {
                 }
                 Err(e) => {
                     failed += 1;
-                    tracing::warn!(series_query = %selector, error = %e, "Discovery query failed; keeping this rule's last metrics.");
+                    tracing::warn!(backend = backend.as_deref().unwrap_or_else(|| self.first_name()), series_query = %selector, error = %e, "Discovery query failed; keeping this rule's last metrics.");
                 }
             }
         }
@@ -253,6 +327,31 @@ impl<P: PromApi> Provider<P> {
         outcome
     }
 
+    fn first_name(&self) -> &str {
+        self.backends
+            .first()
+            .map_or(DEFAULT_BACKEND, |b| b.name.as_str())
+    }
+
+    /// Each distinct (backend, series query) once, with the indexes (into `rules`) of the
+    /// rules it serves, in rule order: one backend down fails only its own queries.
+    fn series_queries(&self, rules: &[&Rule]) -> SeriesQueries {
+        let mut out = SeriesQueries::new();
+        for (i, rule) in rules.iter().enumerate() {
+            // A rule naming the first backend shares its queries with rules naming none.
+            let backend = rule
+                .backend
+                .clone()
+                .filter(|b| b.as_str() != self.first_name());
+            let key = (backend, rule.series_query.clone());
+            match out.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, indexes)) => indexes.push(i),
+                None => out.push((key, vec![i])),
+            }
+        }
+        out
+    }
+
     /// One relist for a metric not listed yet, unless one ran very recently or while this
     /// request waited for the lock (concurrent misses share it).
     async fn relist_on_demand(&self) {
@@ -272,6 +371,11 @@ impl<P: PromApi> Provider<P> {
             tracing::debug!("On-demand discovery ran out of time; answering with what is listed.");
         }
         *last = Some(Instant::now());
+    }
+
+    /// Whether a rule here serves the external metric (as listed now).
+    pub fn serves_external(&self, metric: &str) -> bool {
+        self.catalog().registry.external(metric).is_some()
     }
 
     /// The resources listed for one group version.
@@ -392,12 +496,15 @@ impl<P: PromApi> Provider<P> {
 
     /// Runs `promql`, sharing one backend call among identical concurrent requests: every
     /// HPA of a workload, and every replica's sync, asks the same thing at the same time.
-    async fn run_query(&self, promql: &str) -> Result<QueryResult, ApiError> {
+    async fn run_query(&self, backend: &Backend<P>, promql: &str) -> Result<QueryResult, ApiError> {
         // Counted once per request that waited, even if its leader is cancelled.
         let mut joined_before = false;
         loop {
             let joined = {
-                let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut inflight = backend
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 match inflight.get(promql) {
                     Some(rx) => Ok(rx.clone()),
                     None => {
@@ -409,10 +516,13 @@ impl<P: PromApi> Provider<P> {
             };
             let mut rx = match joined {
                 Ok(rx) => rx,
-                Err(tx) => return self.lead_query(promql, tx).await,
+                Err(tx) => return self.lead_query(backend, promql, tx).await,
             };
             if !joined_before {
-                self.metrics.coalesced.inc();
+                self.metrics
+                    .coalesced
+                    .with_label_values(&[&backend.name])
+                    .inc();
                 joined_before = true;
             }
             // A leader whose request was dropped closes the channel without an answer: then
@@ -420,13 +530,14 @@ impl<P: PromApi> Provider<P> {
             if let Ok(answer) = rx.wait_for(Option::is_some).await
                 && let Some(result) = answer.clone()
             {
-                return result.map_err(|e| backend_error(&e));
+                return result.map_err(|e| backend_error(&backend.name, &e));
             }
         }
     }
 
     async fn lead_query(
         &self,
+        backend: &Backend<P>,
         promql: &str,
         tx: tokio::sync::watch::Sender<Option<Result<QueryResult, PromError>>>,
     ) -> Result<QueryResult, ApiError> {
@@ -443,19 +554,22 @@ impl<P: PromApi> Provider<P> {
                     .remove(self.1);
             }
         }
-        let _done = Done(&self.inflight, promql);
-        let result = self.timed("query", self.prom.query(promql, None)).await;
+        let _done = Done(&backend.inflight, promql);
+        let result = self
+            .timed(&backend.name, "query", backend.api.query(promql, None))
+            .await;
         if let Err(e) = &result {
-            tracing::warn!(promql, error = %e, "Metrics query failed.");
+            tracing::warn!(backend = %backend.name, promql, error = %e, "Metrics query failed.");
         }
         tx.send_replace(Some(result.clone()));
-        result.map_err(|e| backend_error(&e))
+        result.map_err(|e| backend_error(&backend.name, &e))
     }
 
     /// Names of the objects whose series match `selector`: without a cluster to ask, the
     /// series' own labels stand in for the objects' labels.
     async fn objects_matching(
         &self,
+        backend: &Backend<P>,
         series: &str,
         object_label: &str,
         namespace: Option<(&str, &str)>,
@@ -474,12 +588,14 @@ impl<P: PromApi> Provider<P> {
         let start = end.checked_sub(self.max_age).unwrap_or(UNIX_EPOCH);
         let found = self
             .timed(
+                &backend.name,
                 "series",
-                self.prom
+                backend
+                    .api
                     .series(&[format!("{{{}}}", matchers.join(","))], start, end),
             )
             .await
-            .map_err(|e| backend_error(&e))?;
+            .map_err(|e| backend_error(&backend.name, &e))?;
         Ok(found
             .into_iter()
             .filter_map(|mut l: Labels| l.remove(object_label))
@@ -567,6 +683,7 @@ impl<P: PromApi> Provider<P> {
             Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
         let (catalog, entry) = self.custom_entry(&gr, &req.metric).await?;
         let (rule, q) = Self::plan_custom(&catalog.rules, req, &entry, &metric_selector)?;
+        let backend = self.backend(rule.backend.as_deref())?;
         let object_label = q.object_label.clone().unwrap_or_default();
         let namespace = req.namespace.as_deref().filter(|_| entry.info.namespaced);
         let cached = self.objects_from_cache(
@@ -581,8 +698,14 @@ impl<P: PromApi> Provider<P> {
                 let ns_label = rule.resources.namespace_label();
                 let ns = ns_label.as_deref().zip(namespace);
                 Some(
-                    self.objects_matching(&entry.series, &object_label, ns, &object_selector)
-                        .await?,
+                    self.objects_matching(
+                        backend,
+                        &entry.series,
+                        &object_label,
+                        ns,
+                        &object_selector,
+                    )
+                    .await?,
                 )
             }
             _ => None,
@@ -593,7 +716,7 @@ impl<P: PromApi> Provider<P> {
                 req.metric, req.label_selector
             )));
         }
-        let samples = match self.run_query(&q.promql).await? {
+        let samples = match self.run_query(backend, &q.promql).await? {
             QueryResult::Vector(samples) => samples,
             other => {
                 return Err(ApiError::Internal(format!(
@@ -684,12 +807,13 @@ impl<P: PromApi> Provider<P> {
             Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
         let (catalog, entry) = self.external_entry(&req.metric).await?;
         let rule = Self::external_rule(&catalog.rules, &entry)?;
+        let backend = self.backend(rule.backend.as_deref())?;
         let q =
             query::external(rule, &entry.series, &req.namespace, &selector).map_err(query_error)?;
         let window = Some(rule.window.as_secs() as i64);
         let what = format!("external metric {}", req.metric);
         let mut items = Vec::new();
-        match self.run_query(&q.promql).await? {
+        match self.run_query(backend, &q.promql).await? {
             QueryResult::Vector(samples) => {
                 for s in samples {
                     if let Some(value) = self.quantity_of(rule, &s.value, &what)? {
@@ -1033,13 +1157,14 @@ externalRules:
         assert!(
             metrics
                 .backend_errors
-                .with_label_values(&["query", "unreachable"])
+                .with_label_values(&["default", "query", "unreachable"])
                 .get()
                 >= 1
         );
     }
 
     /// A backend that holds every query until the test opens the gate.
+    #[derive(Clone)]
     struct GatedProm {
         inner: FakeProm,
         gate: Arc<tokio::sync::Semaphore>,
@@ -1107,7 +1232,7 @@ externalRules:
             tasks.spawn(async move { p.custom(&pods_req(ObjectName::All, "")).await });
         }
         // Every follower has joined the leader's query before the backend answers.
-        while metrics.coalesced.get() < 9 {
+        while metrics.coalesced.with_label_values(&["default"]).get() < 9 {
             tokio::task::yield_now().await;
         }
         gate.add_permits(100);
@@ -1130,14 +1255,22 @@ externalRules:
             let p = Arc::clone(&p);
             tokio::spawn(async move { p.custom(&pods_req(ObjectName::All, "")).await })
         };
-        while p.inflight.lock().unwrap().is_empty() {
+        while p
+            .backends
+            .first()
+            .unwrap()
+            .inflight
+            .lock()
+            .unwrap()
+            .is_empty()
+        {
             tokio::task::yield_now().await;
         }
         let follower = {
             let p = Arc::clone(&p);
             tokio::spawn(async move { p.custom(&pods_req(ObjectName::All, "")).await })
         };
-        while metrics.coalesced.get() < 1 {
+        while metrics.coalesced.with_label_values(&["default"]).get() < 1 {
             tokio::task::yield_now().await;
         }
         leader.abort();
@@ -1300,5 +1433,210 @@ externalRules:
         prom.set_all_series(vec![]);
         p.relist().await;
         assert_eq!(p.resource_list(true).len(), 1);
+    }
+
+    /// Two backends: `a` holds a pod metric (rules without `backend`), `b` a queue metric
+    /// (an external rule with `backend: b`) and the same pod series under another name.
+    const TWO_BACKENDS: &str = r#"
+rules:
+- seriesQuery: '{__name__="a_total",namespace!="",pod!=""}'
+  resources:
+    overrides: {namespace: {resource: "namespace"}, pod: {resource: "pod"}}
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+- seriesQuery: '{__name__="b_total",namespace!="",pod!=""}'
+  resources:
+    overrides: {namespace: {resource: "namespace"}, pod: {resource: "pod"}}
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+  backend: b
+externalRules:
+- seriesQuery: '{__name__="b_queue"}'
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>})'
+  backend: b
+"#;
+
+    fn two_backends() -> (Provider<FakeProm>, FakeProm, FakeProm, Arc<Metrics>) {
+        let rules = from_yaml(TWO_BACKENDS, Path::new("t.yaml")).unwrap().0;
+        let (a, b) = (FakeProm::new(), FakeProm::new());
+        let pod = |name: &str| labels(&[("__name__", name), ("namespace", "ns"), ("pod", "p0")]);
+        a.set_all_series(vec![pod("a_total")]);
+        b.set_all_series(vec![pod("b_total"), labels(&[("__name__", "b_queue")])]);
+        let metrics = Arc::new(Metrics::new());
+        let p = Provider::with_backends(
+            vec![("a".into(), a.clone()), ("b".into(), b.clone())],
+            Arc::new(rules),
+            Arc::clone(&metrics),
+            Duration::from_secs(60),
+        );
+        (p, a, b, metrics)
+    }
+
+    fn named(metric: &str) -> CustomRequest {
+        CustomRequest {
+            version: CustomVersion::V1beta2,
+            namespace: Some("ns".into()),
+            resource: "pods".into(),
+            name: ObjectName::Named("p0".into()),
+            metric: metric.into(),
+            label_selector: String::new(),
+            metric_label_selector: String::new(),
+        }
+    }
+
+    const A_Q: &str = r#"sum(a_total{namespace="ns",pod="p0"}) by (pod)"#;
+    const B_Q: &str = r#"sum(b_total{namespace="ns",pod="p0"}) by (pod)"#;
+    const QUEUE_Q: &str = "sum(b_queue{})";
+
+    #[tokio::test]
+    async fn rules_are_routed_to_their_backends() {
+        let (p, a, b, _) = two_backends();
+        assert_eq!(p.backend_names(), vec!["a", "b"]);
+        let outcome = p.relist().await;
+        assert_eq!((outcome.queries, outcome.failed), (3, 0));
+        // Each backend was asked only for its own rules' series.
+        let asked = |f: &FakeProm| -> Vec<String> {
+            f.series_calls()
+                .into_iter()
+                .flat_map(|c| c.matchers)
+                .collect()
+        };
+        assert_eq!(
+            asked(&a),
+            vec![r#"{__name__="a_total",namespace!="",pod!=""}"#]
+        );
+        assert_eq!(
+            asked(&b),
+            vec![
+                r#"{__name__="b_total",namespace!="",pod!=""}"#,
+                r#"{__name__="b_queue"}"#
+            ]
+        );
+        a.set_vector(A_Q, vec![sample(&[("pod", "p0")], 1.0, "1")]);
+        b.set_vector(B_Q, vec![sample(&[("pod", "p0")], 1.0, "2")]);
+        b.set_vector(QUEUE_Q, vec![sample(&[], 1.0, "3")]);
+        let value = |items: Vec<MetricValue>| items[0].value.0.clone();
+        assert_eq!(value(p.custom(&named("a_total")).await.unwrap()), "1");
+        assert_eq!(value(p.custom(&named("b_total")).await.unwrap()), "2");
+        let ext = p
+            .external(&ExternalRequest {
+                namespace: "ns".into(),
+                metric: "b_queue".into(),
+                label_selector: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(ext[0].value.0, "3");
+        assert_eq!(a.queries(), vec![A_Q.to_owned()]);
+        assert_eq!(b.queries(), vec![B_Q.to_owned(), QUEUE_Q.to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn one_backend_down_fails_only_its_own_metrics() {
+        let (p, a, b, metrics) = two_backends();
+        p.relist().await;
+        a.set_vector(A_Q, vec![sample(&[("pod", "p0")], 1.0, "1")]);
+        b.set_error(Some(PromError::Unreachable {
+            reason: "connection refused".into(),
+        }));
+        a.set_all_series(vec![
+            labels(&[("__name__", "a_total"), ("namespace", "ns"), ("pod", "p0")]),
+            labels(&[("__name__", "a_total"), ("namespace", "ns"), ("pod", "p1")]),
+        ]);
+        let outcome = p.relist().await;
+        assert_eq!((outcome.queries, outcome.failed), (3, 2));
+        // b's rules keep their last findings: every metric is still listed.
+        let mut listed: Vec<String> = p
+            .resource_list(false)
+            .into_iter()
+            .chain(p.resource_list(true))
+            .map(|r| r.name)
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![
+                "b_queue",
+                "namespaces/a_total",
+                "namespaces/b_total",
+                "pods/a_total",
+                "pods/b_total"
+            ]
+        );
+        assert_eq!(p.custom(&named("a_total")).await.unwrap().len(), 1);
+        let e = p.custom(&named("b_total")).await.unwrap_err();
+        assert_eq!(e.code(), 503);
+        assert!(e.to_string().contains("backend `b`"), "{e}");
+        let up = |name: &str| metrics.backend_up.with_label_values(&[name]).get();
+        assert_eq!((up("a"), up("b")), (1, 0));
+        let errors = metrics
+            .backend_errors
+            .with_label_values(&["b", "query", "unreachable"])
+            .get();
+        assert_eq!(errors, 1);
+        // Back: b answers again.
+        b.set_error(None);
+        b.set_vector(B_Q, vec![sample(&[("pod", "p0")], 1.0, "2")]);
+        assert_eq!(p.custom(&named("b_total")).await.unwrap()[0].value.0, "2");
+        assert_eq!(up("b"), 1);
+    }
+
+    #[tokio::test]
+    async fn identical_queries_are_coalesced_per_backend_only() {
+        // Two metrics whose queries are the same PromQL, one per backend.
+        let yaml = r#"
+rules:
+- seriesQuery: '{__name__="x_total",namespace!="",pod!=""}'
+  resources:
+    overrides: {namespace: {resource: "namespace"}, pod: {resource: "pod"}}
+  name: {as: "on_a"}
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+- seriesQuery: '{__name__="x_total",namespace!="",pod!=""}'
+  resources:
+    overrides: {namespace: {resource: "namespace"}, pod: {resource: "pod"}}
+  name: {as: "on_b"}
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+  backend: b
+"#;
+        let rules = from_yaml(yaml, Path::new("t.yaml")).unwrap().0;
+        let q = r#"sum(x_total{namespace="ns",pod="p0"}) by (pod)"#;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let backend = || {
+            let inner = FakeProm::new();
+            inner.set_all_series(vec![labels(&[
+                ("__name__", "x_total"),
+                ("namespace", "ns"),
+                ("pod", "p0"),
+            ])]);
+            inner.set_vector(q, vec![sample(&[("pod", "p0")], 1.0, "1")]);
+            GatedProm {
+                inner,
+                gate: Arc::clone(&gate),
+            }
+        };
+        let (a, b) = (backend(), backend());
+        let metrics = Arc::new(Metrics::new());
+        let p = Arc::new(Provider::with_backends(
+            vec![("a".into(), a.clone()), ("b".into(), b.clone())],
+            Arc::new(rules),
+            Arc::clone(&metrics),
+            Duration::from_secs(60),
+        ));
+        p.relist().await;
+        let mut tasks = Vec::new();
+        for metric in ["on_a", "on_a", "on_b", "on_b"] {
+            let p = Arc::clone(&p);
+            tasks.push(tokio::spawn(async move { p.custom(&named(metric)).await }));
+        }
+        let joined = |name: &str| metrics.coalesced.with_label_values(&[name]).get();
+        while joined("a") < 1 || joined("b") < 1 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(2);
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap()[0].value.0, "1");
+        }
+        // One call per backend, each shared by its two requests.
+        assert_eq!(a.inner.queries(), vec![q.to_owned()]);
+        assert_eq!(b.inner.queries(), vec![q.to_owned()]);
+        assert_eq!((joined("a"), joined("b")), (1, 1));
     }
 }

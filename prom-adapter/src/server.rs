@@ -19,6 +19,7 @@ use crate::api::{ApiError, CUSTOM_GROUP, EXTERNAL_GROUP, RESOURCE_GROUP};
 use crate::api::{resource, types};
 use crate::auth::kube_api::{KubeAuth, KubeAuthApi};
 use crate::auth::{self, Attributes, Authenticator, Authorizer, Decision, UserInfo};
+use crate::forward::{Forwarder, Relayed};
 use crate::prom::PromApi;
 use crate::provider::Provider;
 use crate::telemetry::Metrics;
@@ -53,6 +54,8 @@ pub struct State<P, K = KubeAuth> {
     pub ready_check: Option<ReadyCheck>,
     /// Authentication and authorization.
     pub access: Access<K>,
+    /// Where external metrics without a rule here are forwarded, if anywhere.
+    pub forwarder: Option<Arc<Forwarder>>,
 }
 
 /// An answer before it becomes an HTTP response.
@@ -199,7 +202,10 @@ pub async fn respond<P: PromApi, K>(
         }
         Route::ResourceList { group: g, version } => {
             let external = g == EXTERNAL_GROUP;
-            let resources = provider.resource_list(external);
+            let mut resources = provider.resource_list(external);
+            if let Some(f) = state.forwarder.as_ref().filter(|_| external) {
+                resources = f.merged(resources);
+            }
             let gv = format!(
                 "{}/{version}",
                 if external {
@@ -214,10 +220,41 @@ pub async fn respond<P: PromApi, K>(
             Ok(items) => json(types::metric_value_list(req.version, &items), group),
             Err(e) => error(&e, group),
         },
-        Route::External(req) => match provider.external(&req).await {
-            Ok(items) => json(types::external_metric_value_list(&items), group),
-            Err(e) => error(&e, group),
-        },
+        Route::External(req) => {
+            let target = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            let Some(f) = state.forwarder.as_deref() else {
+                return match provider.external(&req).await {
+                    Ok(items) => json(types::external_metric_value_list(&items), group),
+                    Err(e) => error(&e, group),
+                };
+            };
+            // A metric the upstream lists and no rule here serves goes there at once, without
+            // the on-demand relist an unknown metric gets.
+            if !provider.serves_external(&req.metric)
+                && f.listed().iter().any(|r| r.name == req.metric)
+            {
+                return relayed(f.forward(&target).await, group);
+            }
+            match provider.external(&req).await {
+                Ok(items) => json(types::external_metric_value_list(&items), group),
+                Err(ApiError::NotFound(_)) if !provider.serves_external(&req.metric) => {
+                    relayed(f.forward(&target).await, group)
+                }
+                Err(e) => error(&e, group),
+            }
+        }
+    }
+}
+
+fn relayed(r: Relayed, group: &'static str) -> Answer {
+    Answer {
+        status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        content_type: JSON,
+        body: r.body,
+        group,
     }
 }
 

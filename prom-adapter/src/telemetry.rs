@@ -21,12 +21,15 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Request latency by API group.
     pub request_seconds: HistogramVec,
-    /// Backend call latency by endpoint (`query`, `series`).
+    /// Backend call latency by backend name and endpoint (`query`, `series`).
     pub backend_seconds: HistogramVec,
-    /// Requests answered by joining an identical query already in flight.
-    pub coalesced: IntCounter,
-    /// Failed backend calls by endpoint and error kind.
+    /// Requests answered by joining an identical query already in flight, by backend.
+    pub coalesced: IntCounterVec,
+    /// Failed backend calls by backend, endpoint and error kind.
     pub backend_errors: IntCounterVec,
+    /// 1 when the backend's last call reached its API (an answer, or a PromQL error), else 0.
+    /// Backend names come from the config, a closed set once started.
+    pub backend_up: IntGaugeVec,
     /// Metrics listed, by API (`custom`, `external`).
     pub discovered: IntGaugeVec,
     /// Relists by result (`ok`, `partial`, `failed`).
@@ -99,14 +102,23 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
         let _ = registry.register(Box::new(clamped.clone()));
-        let coalesced = IntCounter::new(
-            "prom_adapter_prometheus_queries_coalesced_total",
-            "Requests that waited for an identical query already in flight instead of sending their own.",
+        let backend_up = IntGaugeVec::new(
+            Opts::new(
+                "prom_adapter_backend_up",
+                "1 if the backend's last call reached its API (an answer or a PromQL error), else 0.",
+            ),
+            &["backend"],
         )
         .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
-        let _ = registry.register(Box::new(coalesced.clone()));
+        let _ = registry.register(Box::new(backend_up.clone()));
         Self {
-            coalesced,
+            backend_up,
+            coalesced: counter(
+                &registry,
+                "prom_adapter_prometheus_queries_coalesced_total",
+                "Requests that waited for an identical query already in flight instead of sending their own, by backend.",
+                &["backend"],
+            ),
             requests: counter(
                 &registry,
                 "prom_adapter_requests_total",
@@ -122,14 +134,14 @@ impl Metrics {
             backend_seconds: histogram(
                 &registry,
                 "prom_adapter_prometheus_request_duration_seconds",
-                "Latency of calls to the Prometheus API, by endpoint.",
-                &["endpoint"],
+                "Latency of calls to the Prometheus API, by backend and endpoint.",
+                &["backend", "endpoint"],
             ),
             backend_errors: counter(
                 &registry,
                 "prom_adapter_prometheus_errors_total",
-                "Failed calls to the Prometheus API, by endpoint and kind.",
-                &["endpoint", "kind"],
+                "Failed calls to the Prometheus API, by backend, endpoint and kind.",
+                &["backend", "endpoint", "kind"],
             ),
             relists: counter(
                 &registry,

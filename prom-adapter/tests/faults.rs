@@ -41,7 +41,7 @@ const A_PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pod
 const B_PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/b_metric";
 const QUEUE: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_depth";
 
-const COALESCED: &str = "prom_adapter_prometheus_queries_coalesced_total";
+const COALESCED: &str = r#"prom_adapter_prometheus_queries_coalesced_total{backend="default"}"#;
 const PARTIAL: &str = r#"prom_adapter_discovery_runs_total{result="partial"}"#;
 
 /// A stub with series for both custom rules and the external one; every query answers two
@@ -183,7 +183,7 @@ async fn prometheus_dying_mid_query_is_a_503_and_the_adapter_keeps_serving() {
     // The stub got the query and hung up on it: not a refused connection.
     assert!(prom.closed(QUERY) >= 1, "{:?}", prom.seen());
     assert_eq!(prom.answered(QUERY), 0);
-    let errors = r#"prom_adapter_prometheus_errors_total{endpoint="query",kind="unreachable"}"#;
+    let errors = r#"prom_adapter_prometheus_errors_total{backend="default",endpoint="query",kind="unreachable"}"#;
     assert!(api.self_metric(errors).await >= 1.0);
 
     // Prometheus is back: the failure was not cached and the adapter still serves.
@@ -210,7 +210,7 @@ async fn slow_prometheus_is_a_503_naming_the_timeout_before_the_stub_answers() {
     );
     let message = unavailable(status, &body);
     assert!(message.contains("did not answer within"), "{message}");
-    let errors = r#"prom_adapter_prometheus_errors_total{endpoint="query",kind="timeout"}"#;
+    let errors = r#"prom_adapter_prometheus_errors_total{backend="default",endpoint="query",kind="timeout"}"#;
     assert!(api.self_metric(errors).await >= 1.0);
 
     let queries = prom.seen_at(QUERY);

@@ -336,6 +336,59 @@ async fn custom_headers_are_sent_on_every_request() {
 }
 
 #[tokio::test]
+async fn extra_query_params_are_sent_with_every_request_and_verb() {
+    let server = Server::prometheus().await;
+    for verb in [Verb::Get, Verb::Post] {
+        let client = Client::new(ClientConfig {
+            verb,
+            query_params: vec![("partial_response".to_owned(), "false".to_owned())],
+            ..server.config()
+        })
+        .unwrap();
+        client.query("up", None).await.unwrap();
+        client
+            .series(&["up".to_owned()], at(0), at(0))
+            .await
+            .unwrap();
+    }
+    let requests = server.requests();
+    assert_eq!(requests.len(), 4);
+    for req in requests {
+        assert_eq!(req.param("partial_response").as_deref(), Some("false"));
+    }
+}
+
+#[tokio::test]
+async fn get_raw_sends_the_path_and_query_with_credentials_and_returns_any_status() {
+    let server = Server::answering(404, r#"{"kind":"Status","code":404}"#).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let client = Client::new(ClientConfig {
+        bearer_token_file: Some(token),
+        ..server.config()
+    })
+    .unwrap();
+    let path = "/apis/external.metrics.k8s.io/v1beta1/namespaces/ns/m?labelSelector=a%3Db";
+    let (status, body) = client.get_raw(path).await.unwrap();
+    assert_eq!(
+        (status, body.as_ref()),
+        (404, &br#"{"kind":"Status","code":404}"#[..])
+    );
+    let req = server.last();
+    assert_eq!(req.method, "GET");
+    assert_eq!(
+        req.path,
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/ns/m"
+    );
+    assert_eq!(req.query.as_deref(), Some("labelSelector=a%3Db"));
+    assert_eq!(
+        req.header("authorization").as_deref(),
+        Some("Bearer s3cret")
+    );
+}
+
+#[tokio::test]
 async fn bearer_token_file_is_sent_and_reread_after_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");

@@ -64,6 +64,7 @@ fn state(rules: &str) -> (State<FakeProm>, FakeProm) {
         ready: AtomicBool::new(true),
         ready_check: None,
         access: Access::Open,
+        forwarder: None,
     };
     (state, prom)
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{CUSTOM_GROUP, EXTERNAL_GROUP, RESOURCE_GROUP};
 
@@ -185,9 +185,9 @@ pub fn external_metric_value_list(
     })
 }
 
-/// One entry of an `APIResourceList`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "camelCase")]
+/// One entry of an `APIResourceList` (read too: an upstream's list is merged into ours).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ApiResource {
     /// `pods/http_requests` or, for external metrics, `queue_depth`.
     pub name: String,

@@ -54,6 +54,8 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Sent on every request, e.g. `X-Scope-OrgID`.
     pub headers: Vec<(String, String)>,
+    /// Added to every request's parameters, e.g. Thanos' `partial_response`.
+    pub query_params: Vec<(String, String)>,
     /// Read for `Authorization: Bearer …`; re-read when it changes, so rotated tokens work.
     pub bearer_token_file: Option<PathBuf>,
     /// Basic auth; also taken from URL userinfo.
@@ -75,6 +77,7 @@ impl Default for ClientConfig {
             verb: Verb::Get,
             timeout: DEFAULT_TIMEOUT,
             headers: Vec::new(),
+            query_params: Vec::new(),
             bearer_token_file: None,
             basic_auth: None,
             ca_file: None,
@@ -93,6 +96,7 @@ impl fmt::Debug for ClientConfig {
             .field("verb", &self.verb)
             .field("timeout", &self.timeout)
             .field("headers", &header_names)
+            .field("query_params", &self.query_params)
             .field("bearer_token_file", &self.bearer_token_file)
             .field("basic_auth", &self.basic_auth)
             .field("ca_file", &self.ca_file)
@@ -249,6 +253,7 @@ struct Inner {
     /// How long the client waits for a whole answer.
     deadline: Duration,
     headers: HeaderMap,
+    query_params: Vec<(String, String)>,
     auth: Auth,
     max_response_bytes: usize,
 }
@@ -297,6 +302,7 @@ impl Client {
                 timeout_param: timeout_param(cfg.timeout),
                 deadline: client_deadline(cfg.timeout),
                 headers,
+                query_params: cfg.query_params,
                 auth,
                 max_response_bytes: cfg.max_response_bytes,
             }),
@@ -349,8 +355,33 @@ impl Client {
         path: &'static str,
         params: &[(&str, &str)],
     ) -> Result<(u16, Bytes), PromError> {
-        let inner = &*self.inner;
         let req = self.request(path, params)?;
+        self.send(req).await
+    }
+
+    /// `GET` of `path_and_query` under the base URL, with this client's headers and
+    /// credentials and within its deadline: the status and the (bounded) body, whatever the
+    /// status. Forwarding to another API server uses it.
+    pub async fn get_raw(&self, path_and_query: &str) -> Result<(u16, Bytes), PromError> {
+        let inner = &*self.inner;
+        let uri = Uri::try_from(format!("{}{path_and_query}", inner.base)).map_err(|e| {
+            PromError::Unreachable {
+                reason: format!("cannot build the request url: {e}"),
+            }
+        })?;
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = uri;
+        self.decorate(req.headers_mut());
+        match tokio::time::timeout(inner.deadline, self.send(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(PromError::Timeout {
+                after: inner.deadline,
+            }),
+        }
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), PromError> {
+        let inner = &*self.inner;
         let resp = inner.http.request(req).await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
         let declared = resp
@@ -384,6 +415,12 @@ impl Client {
         let inner = &*self.inner;
         let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
+            .extend_pairs(
+                inner
+                    .query_params
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .finish();
         let (method, uri, body) = match inner.verb {
             Verb::Get => (
@@ -404,24 +441,31 @@ impl Client {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        headers.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("prom-adapter/", env!("CARGO_PKG_VERSION"))),
-        );
         if inner.verb == Verb::Post {
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             );
         }
+        self.decorate(headers);
+        Ok(req)
+    }
+
+    /// The headers every request carries: `Accept`, `User-Agent`, the configured ones and
+    /// the credentials.
+    fn decorate(&self, headers: &mut HeaderMap) {
+        let inner = &*self.inner;
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("prom-adapter/", env!("CARGO_PKG_VERSION"))),
+        );
         for (name, value) in &inner.headers {
             headers.append(name, value.clone());
         }
         if let Some(value) = inner.auth.header_value() {
             headers.insert(header::AUTHORIZATION, value);
         }
-        Ok(req)
     }
 }
 

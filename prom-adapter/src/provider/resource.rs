@@ -177,6 +177,7 @@ impl<P: PromApi> Provider<P> {
     /// Runs one rule's query and files its samples by object and container.
     async fn collect(
         &self,
+        backend: &super::Backend<P>,
         rule: &ResourceRule,
         target: &Target<'_>,
         measure: Measure,
@@ -185,7 +186,7 @@ impl<P: PromApi> Provider<P> {
         let q = rule
             .render(target)
             .map_err(|e| ApiError::Internal(format!("resource rule: {e}")))?;
-        let samples = match self.run_query(&q.promql).await? {
+        let samples = match self.run_query(backend, &q.promql).await? {
             QueryResult::Vector(samples) => samples,
             other => {
                 return Err(ApiError::Internal(format!(
@@ -284,10 +285,11 @@ impl<P: PromApi> Provider<P> {
         rules: &ResourceRules,
         target: &Target<'_>,
     ) -> Result<ByObject, ApiError> {
+        let backend = self.backend(rules.backend.as_deref())?;
         let (mut cpu, mut memory) = (ByObject::new(), ByObject::new());
         let (a, b) = tokio::join!(
-            self.collect(&rules.cpu, target, Measure::Cpu, &mut cpu),
-            self.collect(&rules.memory, target, Measure::Memory, &mut memory),
+            self.collect(backend, &rules.cpu, target, Measure::Cpu, &mut cpu),
+            self.collect(backend, &rules.memory, target, Measure::Memory, &mut memory),
         );
         a?;
         b?;
@@ -864,5 +866,32 @@ resourceRules:
         assert!(!p.serves_resource_metrics());
         let e = p.node_metrics(&nodes(None, "")).await.unwrap_err();
         assert_eq!(e.code(), 404);
+    }
+
+    #[tokio::test]
+    async fn resource_rules_query_the_backend_they_name() {
+        let rules = RULES.replace("  window: 2m", "  window: 2m\n  backend: usage");
+        let set = from_yaml(&rules, Path::new("t.yaml")).unwrap().0;
+        let (first, usage) = (FakeProm::new(), FakeProm::new());
+        default_samples(&usage);
+        let p = Provider::with_backends(
+            vec![
+                ("main".into(), first.clone()),
+                ("usage".into(), usage.clone()),
+            ],
+            Arc::new(set),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(60),
+        )
+        .with_objects(Arc::new(cluster()));
+        let items = p
+            .pod_metrics(&pods(Some("default"), None, "app=web"))
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 2);
+        assert!(first.queries().is_empty(), "{:?}", first.queries());
+        let mut asked = usage.queries();
+        asked.sort();
+        assert_eq!(asked, [MEM_NS, CPU_NS]);
     }
 }

@@ -50,6 +50,10 @@ pub struct RuleSpec {
     /// Extension: what a query with no sample for the object becomes.
     #[serde(default, alias = "on_empty")]
     pub on_empty: Option<EmptyPolicy>,
+    /// Extension: the name of the backend this rule's discovery and queries go to (default:
+    /// the first backend).
+    #[serde(default)]
+    pub backend: Option<String>,
 }
 
 /// A `seriesFilters` entry.
@@ -159,6 +163,33 @@ pub struct Rule {
     pub on_non_finite: NonFinitePolicy,
     /// No-sample handling.
     pub on_empty: EmptyPolicy,
+    /// The backend named by the rule; `None`: the first one.
+    pub backend: Option<String>,
+    /// Where the rule was written, so a backend checked later can name the rule.
+    pub origin: RuleOrigin,
+}
+
+/// Where a rule was written, kept for errors found after compiling (an unknown backend).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleOrigin {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// 1-based line and column.
+    pub position: (usize, usize),
+    /// `rules[3]`, `adapter.external_rules[0]`, `resourceRules`.
+    pub field: String,
+}
+
+impl RuleOrigin {
+    /// A config error about `sub` (a key of the rule).
+    pub fn error(&self, sub: &str, message: String) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            position: Some(self.position),
+            field: Some(format!("{}.{sub}", self.field)),
+            message,
+        }
+    }
 }
 
 /// Every rule, in file order (earlier rules win when two name the same metric).
@@ -176,6 +207,32 @@ impl RuleSet {
     /// Every rule, custom first.
     pub fn iter(&self) -> impl Iterator<Item = &Rule> {
         self.custom.iter().chain(&self.external)
+    }
+
+    /// Checks that every rule names a backend in `names`: an error names the rule and its
+    /// `backend` field.
+    pub fn check_backends(&self, names: &[&str]) -> Result<(), ConfigError> {
+        let known = || names.join(", ");
+        for rule in self.iter() {
+            if let Some(b) = &rule.backend
+                && !names.contains(&b.as_str())
+            {
+                return Err(rule.origin.error(
+                    "backend",
+                    format!("unknown backend `{b}` (configured: {})", known()),
+                ));
+            }
+        }
+        if let Some(r) = &self.resource
+            && let Some(b) = &r.backend
+            && !names.contains(&b.as_str())
+        {
+            return Err(r.origin.error(
+                "backend",
+                format!("unknown backend `{b}` (configured: {})", known()),
+            ));
+        }
+        Ok(())
     }
 
     /// Appends another set (TOML rules after a YAML file's); its resource rules, if any,
@@ -299,6 +356,12 @@ pub fn compile(spec: RuleSpec, kind: RuleKind, origin: &Origin<'_>) -> Result<Ru
         window,
         on_non_finite: spec.on_non_finite.unwrap_or_default(),
         on_empty: spec.on_empty.unwrap_or_default(),
+        backend: spec.backend,
+        origin: RuleOrigin {
+            path: origin.path.to_path_buf(),
+            position: origin.position,
+            field: origin.field.clone(),
+        },
     })
 }
 
@@ -373,12 +436,18 @@ fn compile_resource(
     field: &str,
 ) -> Result<ResourceRules, ConfigError> {
     let at = format!("{}:{}:{}", path.display(), position.0, position.1);
-    ResourceRules::compile(spec, at).map_err(|(sub, e)| ConfigError {
+    let mut rules = ResourceRules::compile(spec, at).map_err(|(sub, e)| ConfigError {
         path: path.to_path_buf(),
         position: Some(position),
         field: Some(format!("{field}.{sub}")),
         message: e.to_string(),
-    })
+    })?;
+    rules.origin = RuleOrigin {
+        path: path.to_path_buf(),
+        position,
+        field: field.to_owned(),
+    };
+    Ok(rules)
 }
 
 /// Compiles `[adapter.resource_rules]` of `pipeline.toml`.

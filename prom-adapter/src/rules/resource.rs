@@ -42,6 +42,9 @@ pub struct ResourceRulesSpec {
     /// Reported as each answer's `window`; not put into the queries (their ranges are).
     #[serde(default)]
     pub window: Option<common::units::Duration>,
+    /// Extension: the backend both queries go to (default: the first backend).
+    #[serde(default)]
+    pub backend: Option<String>,
 }
 
 /// One resource's rule (`cpu` or `memory`).
@@ -73,6 +76,10 @@ pub struct ResourceRules {
     pub memory: ResourceRule,
     /// Reported as `window`.
     pub window: Duration,
+    /// The backend named by the section; `None`: the first one.
+    pub backend: Option<String>,
+    /// Where the section was written (set by the front-end), for backend errors.
+    pub origin: super::RuleOrigin,
 }
 
 /// One validated resource rule, its labels resolved once.
@@ -299,6 +306,8 @@ impl ResourceRules {
             cpu,
             memory,
             window,
+            backend: spec.backend.clone(),
+            origin: super::RuleOrigin::default(),
         })
     }
 }
