@@ -143,6 +143,32 @@ impl<P: PromApi> Provider<P> {
         self.catalog().rules.resource.is_some()
     }
 
+    /// The request's field selector, and the objects it selects from the watch cache:
+    /// `None` without a cache (the series then name the objects, and a label selector can't
+    /// be honoured).
+    fn selected(
+        &self,
+        req: &ResourceRequest,
+        kind: ResourceKind,
+    ) -> Result<(FieldSelector, Option<Vec<ObjectRef>>), ApiError> {
+        let selector =
+            Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
+        let fields = FieldSelector::parse(&req.field_selector, kind)?;
+        let (resource, noun) = match kind {
+            ResourceKind::Pods => ("pods", "pod"),
+            ResourceKind::Nodes => ("nodes", "node"),
+        };
+        let known =
+            self.cached_objects(&GroupResource::new("", resource), req, &selector, &fields)?;
+        if known.is_none() && !selector.is_empty() {
+            return Err(ApiError::Unavailable(format!(
+                "labelSelector needs the {noun} cache, and there is none (give \
+                 --lister-kubeconfig, or run in a cluster)"
+            )));
+        }
+        Ok((fields, known))
+    }
+
     /// Which objects of `resource` a request is about, from the watch cache: `Ok(None)` when
     /// there is no cache or it doesn't watch them (then the samples name the objects).
     fn cached_objects(
@@ -309,18 +335,7 @@ impl<P: PromApi> Provider<P> {
     pub async fn pod_metrics(&self, req: &ResourceRequest) -> Result<Vec<PodMetrics>, ApiError> {
         let catalog = self.catalog();
         let rules = catalog.rules.resource.as_ref().ok_or_else(not_served)?;
-        let selector =
-            Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
-        let fields = FieldSelector::parse(&req.field_selector, ResourceKind::Pods)?;
-        let pods = GroupResource::new("", "pods");
-        let known = self.cached_objects(&pods, req, &selector, &fields)?;
-        if known.is_none() && !selector.is_empty() {
-            return Err(ApiError::Unavailable(
-                "labelSelector needs the pod cache, and there is none (give \
-                 --lister-kubeconfig, or run in a cluster)"
-                    .into(),
-            ));
-        }
+        let (fields, known) = self.selected(req, ResourceKind::Pods)?;
         if known.as_ref().is_some_and(Vec::is_empty) {
             return Ok(Vec::new());
         }
@@ -392,18 +407,7 @@ impl<P: PromApi> Provider<P> {
     pub async fn node_metrics(&self, req: &ResourceRequest) -> Result<Vec<NodeMetrics>, ApiError> {
         let catalog = self.catalog();
         let rules = catalog.rules.resource.as_ref().ok_or_else(not_served)?;
-        let selector =
-            Selector::parse(&req.label_selector).map_err(|e| bad_selector("labelSelector", e))?;
-        let fields = FieldSelector::parse(&req.field_selector, ResourceKind::Nodes)?;
-        let nodes = GroupResource::new("", "nodes");
-        let known = self.cached_objects(&nodes, req, &selector, &fields)?;
-        if known.is_none() && !selector.is_empty() {
-            return Err(ApiError::Unavailable(
-                "labelSelector needs the node cache, and there is none (give \
-                 --lister-kubeconfig, or run in a cluster)"
-                    .into(),
-            ));
-        }
+        let (fields, known) = self.selected(req, ResourceKind::Nodes)?;
         if known.as_ref().is_some_and(Vec::is_empty) {
             return Ok(Vec::new());
         }
