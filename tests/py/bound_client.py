@@ -26,3 +26,35 @@ class BoundDogStatsd(DogStatsd):
             sock.close()
             raise
         return sock
+
+
+def add_target_arguments(parser):
+    """The options every sender script takes: where to send, from where, as which container."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--socket-path", help="send over this unix socket instead of UDP")
+    parser.add_argument("--source", help="bind the UDP socket to this address")
+    parser.add_argument("--container-id", help="the client's container_id (adds |c:<id>)")
+
+
+def client_from_args(parser, args):
+    """A client for `args`, with everything that would make traffic vary off: no telemetry,
+    buffering, aggregation, background sender or origin detection of its own (a given
+    --container-id is still sent)."""
+    if (args.port is None) == (args.socket_path is None):
+        parser.error("give either --port (UDP) or --socket-path (unix socket)")
+    if args.socket_path is not None:
+        target = {"socket_path": args.socket_path}
+    else:
+        target = {"host": args.host, "port": args.port}
+    return BoundDogStatsd(
+        source=args.source,
+        container_id=args.container_id,
+        disable_telemetry=True,
+        disable_buffering=True,
+        disable_aggregation=True,
+        disable_background_sender=True,
+        origin_detection_enabled=False,
+        track_instance=False,
+        **target
+    )

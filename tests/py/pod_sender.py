@@ -38,7 +38,7 @@ for _key in list(os.environ):
     if _key.startswith(("DD_", "DATADOG_")):
         del os.environ[_key]
 
-from bound_client import BoundDogStatsd  # noqa: E402
+from bound_client import add_target_arguments, client_from_args  # noqa: E402
 
 
 def read_commands(lines):
@@ -52,32 +52,11 @@ def read_commands(lines):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--source", help="bind the UDP socket to this address")
-    parser.add_argument("--socket-path", help="send over this unix socket instead of UDP")
-    parser.add_argument("--container-id", help="the client's container_id (adds |c:<id>)")
+    add_target_arguments(parser)
     parser.add_argument("--tick", type=float, default=0.1, help="seconds between sends")
     parser.add_argument("--report", type=float, default=5.0, help="seconds between reports")
     args = parser.parse_args()
-    if (args.port is None) == (args.socket_path is None):
-        parser.error("give either --port (UDP) or --socket-path (unix socket)")
-    if args.socket_path is not None:
-        target = {"socket_path": args.socket_path}
-    else:
-        target = {"host": args.host, "port": args.port}
-
-    client = BoundDogStatsd(
-        source=args.source,
-        container_id=args.container_id,
-        disable_telemetry=True,
-        disable_buffering=True,
-        disable_aggregation=True,
-        disable_background_sender=True,
-        origin_detection_enabled=False,
-        track_instance=False,
-        **target
-    )
+    client = client_from_args(parser, args)
 
     counts = {"datagrams": 0, "failed": 0}
     xmit = getattr(client, "_xmit_packet", None)

@@ -34,7 +34,7 @@ for _key in list(os.environ):
     if _key.startswith(("DD_", "DATADOG_")):
         del os.environ[_key]
 
-from bound_client import BoundDogStatsd  # noqa: E402
+from bound_client import add_target_arguments, client_from_args  # noqa: E402
 
 METRIC_OPS = ("increment", "decrement", "gauge", "timing", "histogram", "distribution", "set")
 
@@ -67,40 +67,14 @@ def apply(client, op):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--socket-path", help="send over this unix socket instead of UDP")
-    parser.add_argument("--source", help="bind the UDP socket to this address")
-    parser.add_argument("--container-id", help="the client's container_id (adds |c:<id>)")
+    add_target_arguments(parser)
     args = parser.parse_args()
-    if (args.port is None) == (args.socket_path is None):
-        parser.error("give either --port (UDP) or --socket-path (unix socket)")
-    if args.socket_path is not None:
-        target = {"socket_path": args.socket_path}
-    else:
-        target = {"host": args.host, "port": args.port}
+    client = client_from_args(parser, args)
 
     ops = json.load(sys.stdin)
     if not isinstance(ops, list):
         print("stdin must be a JSON list of operations", file=sys.stderr)
         return 2
-
-    extra = {}
-    if args.container_id is not None:
-        extra["container_id"] = args.container_id
-        extra["origin_detection_enabled"] = True
-    else:
-        extra["origin_detection_enabled"] = False
-    client = BoundDogStatsd(
-        source=args.source,
-        disable_telemetry=True,
-        disable_buffering=True,
-        disable_aggregation=True,
-        disable_background_sender=True,
-        track_instance=False,
-        **target,
-        **extra
-    )
 
     # Record what the client actually puts on the wire (and whether the send worked).
     sent = []
