@@ -398,7 +398,14 @@ async fn reload_loop<P: prom::PromApi>(
                 "file changed"
             }
         };
-        match reloader() {
+        // New rules must name backends this process has: they live until restart.
+        let loaded = reloader().and_then(|cfg| {
+            cfg.rules
+                .check_backends(&provider.backend_names())
+                .map(|()| cfg)
+                .map_err(|e| e.to_string())
+        });
+        match loaded {
             Ok(cfg) => {
                 tracing::info!(
                     trigger = why,
@@ -411,7 +418,7 @@ async fn reload_loop<P: prom::PromApi>(
                     || cfg.external_upstream != running.external_upstream
                 {
                     // Their clients, connection pools and in-flight queries live as long as
-                    // the process; rules naming a backend that is new get 503 until then.
+                    // the process (rules naming a new one were refused above).
                     tracing::warn!(
                         "Backends and the external upstream change only on restart; keeping the running ones."
                     );

@@ -287,6 +287,21 @@ fn rules_reload_on_file_change_and_sighup_and_a_bad_file_keeps_them() {
     });
     assert!(list(&addr).contains("\"jobs_waiting\""));
 
+    // Rules naming a backend this process doesn't have are refused the same way: backends
+    // change only on restart.
+    std::fs::write(
+        &rules,
+        EXTERNAL_A.replace("queue_depth", "jobs_late") + "  backend: thanos\n",
+    )
+    .unwrap();
+    eventually("the reload naming an unknown backend is refused", || {
+        let page = curl(&addr, "/metrics");
+        page.contains("prom_adapter_config_last_reload_successful 0")
+            && page.contains(r#"prom_adapter_config_reloads_total{result="error"} 2"#)
+    });
+    assert!(list(&addr).contains("\"jobs_waiting\""));
+    assert!(!list(&addr).contains("jobs_late"));
+
     // SIGHUP reloads too (after the file is fixed; the poll may also catch the change).
     std::fs::write(&rules, EXTERNAL_A.replace("queue_depth", "orders_open")).unwrap();
     let pid = adapter.0.id().to_string();

@@ -327,7 +327,7 @@ impl Cli {
             b.relay_address = Spanned::new(0..0, a.clone());
         }
         if let Some(m) = self.origin_mode {
-            b.origin.mode = m;
+            b.origin.mode = Spanned::new(0..0, m);
         }
         if let Some(n) = &self.origin_node_name {
             b.origin.node_name.clone_from(n);
@@ -463,7 +463,7 @@ mod tests {
         let mut b = BridgeConfig::default();
         cli.apply(&mut b).unwrap();
         let o = &b.origin;
-        assert_eq!(o.mode, OriginMode::Static);
+        assert_eq!(*o.mode.get_ref(), OriginMode::Static);
         assert_eq!(
             (o.node_name.as_str(), o.kubeconfig.as_str()),
             ("node-a", "/k")

@@ -170,7 +170,7 @@ pub enum Precedence {
 #[serde(deny_unknown_fields, default)]
 pub struct OriginSection {
     /// `auto`, `kubernetes`, `static` or `off`.
-    pub mode: OriginMode,
+    pub mode: Spanned<OriginMode>,
     /// Series of a deleted pod are removed this long after the pod is gone.
     pub pod_ttl: Duration,
     /// The node whose pods are watched; `""`: the `NODE_NAME` environment variable (set it
@@ -214,7 +214,7 @@ impl Default for OriginSection {
     fn default() -> Self {
         let s = |v: &str| Spanned::new(0..0, v.to_owned());
         Self {
-            mode: OriginMode::Auto,
+            mode: Spanned::new(0..0, OriginMode::Auto),
             pod_ttl: Duration(std::time::Duration::from_secs(300)),
             node_name: String::new(),
             kubeconfig: String::new(),
@@ -577,7 +577,7 @@ impl Config {
     pub fn origin(&self, env: impl Fn(&str) -> Option<String>) -> Result<origin::Settings, String> {
         let o = &self.bridge.origin;
         let in_cluster = env("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
-        let mode = match o.mode {
+        let mode = match *o.mode.get_ref() {
             OriginMode::Auto if in_cluster => OriginMode::Kubernetes,
             OriginMode::Auto => OriginMode::Off,
             m => m,
@@ -590,7 +590,7 @@ impl Config {
                     .filter(|n| !n.is_empty())
                     .or_else(|| env("NODE_NAME").filter(|n| !n.is_empty()))
                     .ok_or_else(|| {
-                        let why = if o.mode == OriginMode::Auto {
+                        let why = if *o.mode.get_ref() == OriginMode::Auto {
                             "bridge.origin.mode is auto and this is a pod"
                         } else {
                             "bridge.origin.mode is kubernetes"
@@ -683,6 +683,26 @@ fn validate_origin(
             format!("`{bad}`: empty pod label key"),
         ));
     }
+    // Each becomes a label name: two keys (or a key and the pod or namespace label) that
+    // sanitize to one name would overwrite each other, and a pod label named `pod` would
+    // credit a pod's series to another pod.
+    let mut names = vec![
+        o.namespace_label.get_ref().clone(),
+        o.pod_label.get_ref().clone(),
+    ];
+    for key in o.pod_labels.get_ref() {
+        let name = common::prom::sanitize_name(key).into_owned();
+        if names.contains(&name) {
+            return Err(err(
+                o.pod_labels.span(),
+                "bridge.origin.pod_labels",
+                format!(
+                    "`{key}` becomes the label `{name}`, which another origin label already has"
+                ),
+            ));
+        }
+        names.push(name);
+    }
     let mut entries = Vec::new();
     for (i, entry) in o.static_table.iter().enumerate() {
         let field = format!("bridge.origin.static[{i}]");
@@ -706,9 +726,9 @@ fn validate_origin(
         let labels: Vec<(String, String)> = e.labels.clone().into_iter().collect();
         entries.push((cidr, labels.into()));
     }
-    if o.mode == OriginMode::Static && entries.is_empty() {
+    if *o.mode.get_ref() == OriginMode::Static && entries.is_empty() {
         return Err(err(
-            0..0,
+            o.mode.span(),
             "bridge.origin.static",
             "mode = \"static\" needs at least one [[bridge.origin.static]] entry".to_owned(),
         ));
@@ -917,7 +937,17 @@ mod tests {
             (
                 "static without entries",
                 o("mode = \"static\""),
-                Err("field `bridge.origin.static`: mode = \"static\" needs at least one"),
+                Err("pipeline.toml:3:8: field `bridge.origin.static`: mode = \"static\" needs at least one"),
+            ),
+            (
+                "a pod label named pod",
+                o("pod_labels = [\"app\", \"pod\"]"),
+                Err("pipeline.toml:3:14: field `bridge.origin.pod_labels`: `pod` becomes the label `pod`"),
+            ),
+            (
+                "two keys, one label",
+                o("pod_labels = [\"app.kubernetes.io/name\", \"app_kubernetes_io_name\"]"),
+                Err("`app_kubernetes_io_name` becomes the label `app_kubernetes_io_name`, which another"),
             ),
             (
                 "static entry",

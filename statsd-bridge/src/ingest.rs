@@ -67,6 +67,8 @@ struct KnownSeries {
     probe: Vec<u8>,
     /// Lines not remembered because the map was full, since it was last emptied.
     turned_away: usize,
+    /// Bytes the map holds (its keys and series keys).
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -79,10 +81,14 @@ struct Known {
     labels_renamed: u32,
 }
 
-/// Distinct lines a worker remembers. Past it new lines are not remembered (with more
-/// series than this, remembering each would cost more than it saves), until enough have
-/// been turned away that the working set has likely moved on: then it starts over.
+/// Distinct lines a worker remembers, and the bytes they may take. Past either, new lines
+/// are not remembered (with more series than this, remembering each would cost more than it
+/// saves), until enough have been turned away that the working set has likely moved on:
+/// then it starts over. Lines longer than [`KNOWN_LINE_MAX`] are never remembered, so a
+/// sender with huge tags can't make the map large.
 const KNOWN_MAX: usize = 16_384;
+const KNOWN_BYTES_MAX: usize = 4 << 20;
+const KNOWN_LINE_MAX: usize = 512;
 const KNOWN_TURNED_AWAY_MAX: usize = 4 * KNOWN_MAX;
 
 impl KnownSeries {
@@ -202,6 +208,7 @@ fn ingest_repeated(
         known.lines.clear();
         known.generation = generations;
         known.turned_away = 0;
+        known.bytes = 0;
     }
     known.probe(s, worker.scratch.origin());
     if let Some(hit) = known.lines.get(known.probe.as_slice())
@@ -232,10 +239,14 @@ fn ingest_repeated(
         };
     }
     let (result, target) = ingest_metric(store, s, worker, now);
-    if worker.known.lines.len() >= KNOWN_MAX {
-        worker.known.turned_away += 1;
+    let known = &mut worker.known;
+    let size = known.probe.len() + worker.scratch.key().len();
+    if size > KNOWN_LINE_MAX {
+        // Not remembered, and not a sign the working set moved.
+    } else if known.lines.len() >= KNOWN_MAX || known.bytes + size > KNOWN_BYTES_MAX {
+        known.turned_away += 1;
     } else if let (LineResult::Accepted { outcome, .. }, Some((scale, mapped))) = (result, target) {
-        let known = &mut worker.known;
+        known.bytes += size;
         known.lines.insert(
             known.probe.as_slice().into(),
             Known {
@@ -346,9 +357,17 @@ impl Ingester {
         self
     }
 
-    /// A worker for one listener thread or connection.
+    /// A worker for one listener thread.
     pub fn worker(&self) -> Worker {
         Worker::new(Arc::clone(&self.mapper), self.cache_size).with_origin(&self.origin)
+    }
+
+    /// A worker for one TCP connection: without the known-series map, since there can be a
+    /// thousand connections and each would hold its own.
+    pub fn connection_worker(&self) -> Worker {
+        let mut worker = self.worker();
+        worker.known.enabled = false;
+        worker
     }
 
     /// Applies every line of a datagram (or a TCP chunk of whole lines) from an unknown
@@ -636,6 +655,31 @@ mod tests {
             worker.known.lines.len()
         );
         assert_eq!(worker.known.turned_away, 0);
+    }
+
+    #[test]
+    fn long_lines_are_not_remembered_and_tcp_workers_remember_nothing() {
+        let store = Store::new(StoreConfig::default(), []);
+        let mut worker = Worker::unmapped(store.config());
+        let now = Instant::now();
+        let long = format!("x:1|c|#tag:{}", "v".repeat(KNOWN_LINE_MAX));
+        for _ in 0..3 {
+            ingest_line(
+                &store,
+                long.as_bytes(),
+                &ParseOptions::default(),
+                &mut worker,
+                now,
+            );
+        }
+        assert_eq!((worker.known.lines.len(), worker.known.turned_away), (0, 0));
+        assert_eq!(
+            values(&store),
+            [(format!("x{{tag={}}}", "v".repeat(KNOWN_LINE_MAX)), 3.0)]
+        );
+        ingest_line(&store, b"y:1|c", &ParseOptions::default(), &mut worker, now);
+        assert_eq!(worker.known.lines.len(), 1);
+        assert!(worker.known.bytes > 0);
     }
 
     #[test]

@@ -1039,7 +1039,6 @@ pub struct SeriesSnapshot {
     pub value: Value,
 }
 
-/// The family name at the start of an encoded series key.
 /// The labels of an encoded series key, sorted by name, as raw bytes.
 #[derive(Debug, Clone)]
 pub struct KeyLabels<'a> {
@@ -1078,6 +1077,7 @@ impl<'a> Iterator for KeyLabels<'a> {
     }
 }
 
+/// The family name at the start of an encoded series key.
 fn family_name(key: &[u8]) -> &str {
     let end = key
         .iter()

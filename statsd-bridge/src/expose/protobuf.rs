@@ -203,7 +203,17 @@ fn native_fields(h: &mut Histogram, n: &NativeSnapshot, whole: bool) {
     h.zero_threshold = n.zero_threshold;
     let (pos_spans, pos) = spans(&n.positive);
     let (neg_spans, neg) = spans(&n.negative);
-    h.positive_span = pos_spans;
+    // Prometheus tells a native histogram by its spans, counts or zero bucket; with a zero
+    // threshold of 0 and nothing in a bucket (only NaN seen) there'd be none: client_golang
+    // sends an empty span then.
+    h.positive_span = if pos_spans.is_empty() && neg_spans.is_empty() {
+        vec![BucketSpan {
+            offset: 0,
+            length: 0,
+        }]
+    } else {
+        pos_spans
+    };
     h.negative_span = neg_spans;
     if whole {
         h.zero_count = n.zero_count as u64;
@@ -576,6 +586,22 @@ mod tests {
 
     fn cfg_native() -> crate::aggregate::native::NativeOptions {
         crate::aggregate::native::NativeOptions::from_factor(1.1, 0, None).unwrap()
+    }
+
+    #[test]
+    fn a_native_histogram_with_no_bucket_still_reads_as_native() {
+        let opts = crate::aggregate::native::NativeOptions::from_factor(2.0, 0, Some(0.0)).unwrap();
+        let mut n = NativeHistogram::new(&opts);
+        n.observe(f64::NAN, 1.0);
+        let h = histogram(&[], &[1.0], f64::NAN, 1.0, Some(&n.snapshot()));
+        assert_eq!(
+            h.positive_span,
+            [BucketSpan {
+                offset: 0,
+                length: 0
+            }]
+        );
+        assert!(h.negative_span.is_empty() && h.positive_delta.is_empty());
     }
 
     #[test]

@@ -71,7 +71,7 @@ async fn connection(
 ) {
     let mut framer = LineFramer::new(limits.max_line);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut worker = ingester.worker();
+    let mut worker = ingester.connection_worker();
     let counters = ingester.telemetry.transport(Transport::Tcp);
     loop {
         let read = tokio::select! {

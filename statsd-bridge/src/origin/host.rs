@@ -63,23 +63,30 @@ impl Host {
     /// The container and pod whose cgroup directory has this inode, walking the cgroup tree
     /// again (at most every 5 s, `RESCAN_GAP`) when it isn't known.
     pub fn owner_of_inode(&self, inode: u64) -> Option<CgroupOwner> {
-        let mut inodes = self
-            .inodes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(o) = inodes.owners.get(&inode) {
-            return Some(o.clone());
-        }
-        let now = Instant::now();
-        if inodes
-            .scanned
-            .is_some_and(|at| now.saturating_duration_since(at) < RESCAN_GAP)
+        let lock = || {
+            self.inodes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
         {
-            return None;
+            let mut inodes = lock();
+            if let Some(o) = inodes.owners.get(&inode) {
+                return Some(o.clone());
+            }
+            let now = Instant::now();
+            if inodes
+                .scanned
+                .is_some_and(|at| now.saturating_duration_since(at) < RESCAN_GAP)
+            {
+                return None;
+            }
+            inodes.scanned = Some(now);
         }
-        inodes.scanned = Some(now);
-        inodes.owners = scan(&self.cgroup_root);
-        inodes.owners.get(&inode).cloned()
+        // Walked without the lock: other listeners keep answering known inodes meanwhile.
+        let owners = scan(&self.cgroup_root);
+        let found = owners.get(&inode).cloned();
+        lock().owners = owners;
+        found
     }
 }
 

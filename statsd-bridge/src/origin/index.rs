@@ -51,6 +51,9 @@ pub struct PodIndex {
     host_ips: HashSet<IpAddr>,
     /// (namespace, name) of deleted pods → when their series go.
     expiring: BTreeMap<(String, String), Instant>,
+    /// Bumped whenever a lookup's answer may have changed (not for the expiry schedule, nor
+    /// for a pod update that changes nothing kept here, such as its readiness).
+    version: u64,
 }
 
 impl PodIndex {
@@ -64,7 +67,13 @@ impl PodIndex {
             by_container: HashMap::new(),
             host_ips: HashSet::new(),
             expiring: BTreeMap::new(),
+            version: 0,
         }
+    }
+
+    /// Changes when a lookup's answer may have changed.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Pods indexed.
@@ -87,6 +96,14 @@ impl PodIndex {
         // A pod back under the same name (a StatefulSet's) keeps its series.
         self.expiring
             .remove(&(record.namespace.clone(), record.name.clone()));
+        // Most pod updates are status changes this index doesn't keep.
+        if self
+            .pods
+            .get(&record.uid)
+            .is_some_and(|e| e.record == record)
+        {
+            return;
+        }
         let labels = self.names.labels_of(&record);
         self.pods
             .insert(record.uid.clone(), Entry { record, labels });
@@ -178,6 +195,7 @@ impl PodIndex {
     /// rare next to lookups, so this is simpler than keeping each map right under every
     /// change (IP reuse, a pod moving to host network, a container restart).
     fn rebuild(&mut self) {
+        self.version += 1;
         self.by_ip.clear();
         self.by_container.clear();
         self.host_ips.clear();
@@ -272,6 +290,21 @@ mod tests {
             Lookup::HostNetwork
         );
         assert_eq!(index.lookup_container("nope"), Lookup::Miss);
+    }
+
+    #[test]
+    fn only_changes_that_matter_to_lookups_move_the_version() {
+        let mut index = PodIndex::new(names(), Duration::from_secs(60));
+        let t0 = Instant::now();
+        index.upsert(pod("u1", "web-1", "10.1.0.11"));
+        let v = index.version();
+        index.upsert(pod("u1", "web-1", "10.1.0.11")); // a readiness change, say
+        assert_eq!(index.version(), v);
+        index.remove("u1", t0);
+        assert!(index.version() > v);
+        let v = index.version();
+        assert!(index.take_expired(t0 + Duration::from_secs(60)).len() == 1);
+        assert_eq!(index.version(), v, "the expiry schedule is not looked up");
     }
 
     #[test]

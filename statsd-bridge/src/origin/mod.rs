@@ -236,14 +236,15 @@ pub struct Pods {
 }
 
 impl Pods {
-    /// Changes the index; listeners' caches see the change at their next datagram.
+    /// Changes the index; listeners' caches see a change that matters to lookups at their
+    /// next datagram (and keep their caches otherwise).
     pub fn update<R>(&self, change: impl FnOnce(&mut PodIndex) -> R) -> R {
         let mut index = self
             .index
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let r = change(&mut index);
-        self.generation.fetch_add(1, Ordering::Release);
+        self.generation.store(index.version(), Ordering::Release);
         r
     }
 
