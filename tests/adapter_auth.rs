@@ -42,12 +42,12 @@ use pipeline_tests::kubeapi::{
     AUTH_CONFIGMAP, AccessReview, Decision, FakeKubeApi, KUBECONFIG_TOKEN, NonResourceAttributes,
     ResourceAttributes, UserInfo, auth_config_data,
 };
-use pipeline_tests::kubectl::{CurlOptions, KubeconfigUser, OPENSSL_HINT, curl, run_command};
+use pipeline_tests::kubectl::{CurlOptions, OPENSSL_HINT, curl, run_command};
 use pipeline_tests::metrics_api::{
     CUSTOM_V2, EXTERNAL_V1, check_status, log_dir, rules, shared_fixture,
 };
 use pipeline_tests::pki::{ALICE, ALICE_GROUP, CertPair, FRONT_PROXY_CN, Pki, pem};
-use pipeline_tests::promadapter::{Leash, Security};
+use pipeline_tests::promadapter::Leash;
 use pipeline_tests::util::{replace_file, scaled};
 use pipeline_tests::{Adapter, Exporter, PATIENCE, Prometheus, eventually, require_program};
 use serde_json::{Value, json};
@@ -194,37 +194,10 @@ impl Secured {
         let kubeconfig = fake
             .write_kubeconfig(kubeconfig_dir.path())
             .expect("writing the fake's kubeconfig");
-        let path = |p: &Path| p.to_string_lossy().into_owned();
-        let mut args = vec![
-            "--tls-cert-file".to_owned(),
-            path(&serving.cert),
-            "--tls-private-key-file".to_owned(),
-            path(&serving.key),
-            "--authentication-kubeconfig".to_owned(),
-            path(&kubeconfig),
-            "--authorization-kubeconfig".to_owned(),
-            path(&kubeconfig),
-        ];
-        if ca_flags == CaFlags::Given {
-            args.extend([
-                "--requestheader-client-ca-file".to_owned(),
-                path(&pki.front_proxy_ca),
-                "--requestheader-allowed-names".to_owned(),
-                FRONT_PROXY_CN.to_owned(),
-                "--client-ca-file".to_owned(),
-                path(&pki.client_ca),
-            ]);
-        }
+        let mut args = pki.adapter_flags(serving, &kubeconfig, ca_flags == CaFlags::Given);
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let security = Security::Secured {
-            ca: Some(pki.serving_ca.clone()),
-            user: KubeconfigUser::ClientCert {
-                cert: pki.alice.cert.clone(),
-                key: pki.alice.key.clone(),
-            },
-        };
-        let adapter = Adapter::start_with(&rules(), &peers.prom.url(), &args, &security);
+        let adapter = Adapter::start_with(&rules(), &peers.prom.url(), &args, &pki.as_alice());
         Secured {
             adapter,
             fake,

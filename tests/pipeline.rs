@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
@@ -38,9 +38,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use pipeline_tests::hpa::{self, HpaSpec, MetricInput, Recommendation, ScaleTarget};
 use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi, PodFixture, auth_config_data};
-use pipeline_tests::kubectl::{CurlOptions, KubeconfigUser, curl, run_command};
+use pipeline_tests::kubectl::{CurlOptions, curl, run_command};
 use pipeline_tests::pki::{ALICE, FRONT_PROXY_CN, Pki, pem};
-use pipeline_tests::promadapter::Security;
 use pipeline_tests::util::{bin, scaled, tests_dir};
 use pipeline_tests::{Adapter, Bridge, PATIENCE, Prometheus, eventually, python};
 use serde_json::{Value, json};
@@ -324,33 +323,13 @@ impl Stack {
         let prom = Prometheus::start(&[bridge.web_addr()]);
         prom.wait_targets_up(1);
 
-        let path = |p: &Path| p.to_string_lossy().into_owned();
-        let args = [
-            "--tls-cert-file".to_owned(),
-            path(&pki.serving.cert),
-            "--tls-private-key-file".to_owned(),
-            path(&pki.serving.key),
-            "--authentication-kubeconfig".to_owned(),
-            path(&kubeconfig),
-            "--authorization-kubeconfig".to_owned(),
-            path(&kubeconfig),
+        let mut args = pki.adapter_flags(&pki.serving, &kubeconfig, true);
+        args.extend([
             "--lister-kubeconfig".to_owned(),
-            path(&kubeconfig),
-            "--requestheader-client-ca-file".to_owned(),
-            path(&pki.front_proxy_ca),
-            "--requestheader-allowed-names".to_owned(),
-            FRONT_PROXY_CN.to_owned(),
-            "--client-ca-file".to_owned(),
-            path(&pki.client_ca),
-        ];
+            kubeconfig.to_string_lossy().into_owned(),
+        ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let security = Security::Secured {
-            ca: Some(pki.serving_ca.clone()),
-            user: KubeconfigUser::ClientCert {
-                cert: pki.alice.cert.clone(),
-                key: pki.alice.key.clone(),
-            },
-        };
+        let security = pki.as_alice();
         let adapter = Adapter::start_with(
             &tests_dir().join("demo/rules.yaml"),
             &prom.url(),

@@ -71,6 +71,51 @@ pub struct Pki {
 }
 
 impl Pki {
+    /// The adapter's flags for a cluster's setup with these certificates: `serving` as the
+    /// serving pair, the kube-apiserver at `kubeconfig` for TokenReview and
+    /// SubjectAccessReview, and, with `ca_flags`, the front-proxy and client CAs as
+    /// kube-apiserver's delegation names them.
+    pub fn adapter_flags(
+        &self,
+        serving: &CertPair,
+        kubeconfig: &Path,
+        ca_flags: bool,
+    ) -> Vec<String> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--tls-cert-file".to_owned(),
+            path(&serving.cert),
+            "--tls-private-key-file".to_owned(),
+            path(&serving.key),
+            "--authentication-kubeconfig".to_owned(),
+            path(kubeconfig),
+            "--authorization-kubeconfig".to_owned(),
+            path(kubeconfig),
+        ];
+        if ca_flags {
+            args.extend([
+                "--requestheader-client-ca-file".to_owned(),
+                path(&self.front_proxy_ca),
+                "--requestheader-allowed-names".to_owned(),
+                FRONT_PROXY_CN.to_owned(),
+                "--client-ca-file".to_owned(),
+                path(&self.client_ca),
+            ]);
+        }
+        args
+    }
+
+    /// Reading the adapter as [`ALICE`] with her client certificate, trusting the serving CA.
+    pub fn as_alice(&self) -> crate::promadapter::Security {
+        crate::promadapter::Security::Secured {
+            ca: Some(self.serving_ca.clone()),
+            user: crate::kubectl::KubeconfigUser::ClientCert {
+                cert: self.alice.cert.clone(),
+                key: self.alice.key.clone(),
+            },
+        }
+    }
+
     /// Generates everything into a new temp dir.
     ///
     /// # Errors

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use pipeline_tests::hpa::{self, HpaSpec, MetricInput, ScaleTarget};
 use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi, auth_config_data};
-use pipeline_tests::kubectl::{CurlOptions, KubeconfigUser, curl};
+use pipeline_tests::kubectl::{CurlOptions, curl};
 use pipeline_tests::pki::{FRONT_PROXY_CN, Pki, pem};
-use pipeline_tests::promadapter::{Leash, Security};
+use pipeline_tests::promadapter::Leash;
 use pipeline_tests::util::{find_program, tests_dir};
 use pipeline_tests::{Adapter, Bridge, Prometheus};
 use serde_json::Value;
@@ -293,31 +293,9 @@ fn run(options: &Options) -> Result<()> {
     )));
     let kubeconfig = fake.write_kubeconfig(work.path())?;
     let rules = tests_dir().join("demo/rules.yaml");
-    let path = |p: &Path| p.to_string_lossy().into_owned();
-    let args = [
-        "--tls-cert-file".to_owned(),
-        path(&pki.serving.cert),
-        "--tls-private-key-file".to_owned(),
-        path(&pki.serving.key),
-        "--authentication-kubeconfig".to_owned(),
-        path(&kubeconfig),
-        "--authorization-kubeconfig".to_owned(),
-        path(&kubeconfig),
-        "--requestheader-client-ca-file".to_owned(),
-        path(&pki.front_proxy_ca),
-        "--requestheader-allowed-names".to_owned(),
-        FRONT_PROXY_CN.to_owned(),
-        "--client-ca-file".to_owned(),
-        path(&pki.client_ca),
-    ];
+    let args = pki.adapter_flags(&pki.serving, &kubeconfig, true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let security = Security::Secured {
-        ca: Some(pki.serving_ca.clone()),
-        user: KubeconfigUser::ClientCert {
-            cert: pki.alice.cert.clone(),
-            key: pki.alice.key.clone(),
-        },
-    };
+    let security = pki.as_alice();
     let adapter = Adapter::start_with(&rules, &prom.url(), &args, &security);
 
     // Whatever ends this process, the children and the directories go with it.
