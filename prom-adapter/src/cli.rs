@@ -218,7 +218,74 @@ pub enum Command {
         #[arg(long)]
         external: bool,
     },
+    /// Print a running adapter's state as tables (GET /status): every rule and named query,
+    /// discovered metric counts, last discovery and its error, each metric's last value,
+    /// sample age and error, backend health and latency. Run it in the adapter's pod
+    /// (`kubectl exec deploy/prom-adapter -- prom-adapter status --insecure-skip-tls-verify`),
+    /// where the pod's service account token is used, or with a client certificate.
+    Status {
+        /// Where and how to reach the adapter.
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Ask a running adapter how it answers one request (GET /explain): the rule or named
+    /// query serving it, the PromQL, the backend's answer now, and the Quantity returned.
+    Explain {
+        /// The metric name as the API serves it.
+        #[arg(long)]
+        metric: String,
+        /// The request's namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// `labelSelector`: the HPA's selector (external) or the objects' (custom).
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// A custom metric's group-qualified resource (pods, deployments.apps); default: a
+        /// named query or external metric of that name, else the one resource serving it.
+        #[arg(long)]
+        resource: Option<String>,
+        /// One object's name (custom metrics); without it, every object (`*`).
+        #[arg(long)]
+        name: Option<String>,
+        /// A custom metric's `metricLabelSelector`.
+        #[arg(long, default_value = "")]
+        metric_selector: String,
+        /// Where and how to reach the adapter.
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
+
+/// How `status` and `explain` reach a running adapter. Its requests are authenticated and
+/// authorized like any other (non-resource URLs `/status` and `/explain`, verb `get`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Remote {
+    /// The adapter's base URL.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    pub url: String,
+    /// Bearer token file. Default: the pod's service account token, when there is one and
+    /// no client certificate is given.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Client certificate (PEM), for an adapter that trusts its CA (--client-ca-file).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_certificate: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_certificate")]
+    pub client_key: Option<PathBuf>,
+    /// CA bundle to verify the adapter's serving certificate with.
+    #[arg(long, value_name = "FILE")]
+    pub certificate_authority: Option<PathBuf>,
+    /// Don't verify the adapter's serving certificate (its self-signed one, on localhost).
+    #[arg(long)]
+    pub insecure_skip_tls_verify: bool,
+    /// Print the JSON answer instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where a pod's service account token is mounted.
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// prometheus-adapter and k8s.io/apiserver flags accepted for compatibility, with no
 /// effect here (logged once at start). Those taking no value are marked `false`.

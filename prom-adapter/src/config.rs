@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::prom::http::{BasicAuth, ClientConfig, Verb};
+use crate::rules::named::NamedQuerySpec;
 use crate::rules::resource::ResourceRulesSpec;
 use crate::rules::{self, RuleSet, RuleSpec, Warnings};
 
@@ -76,6 +77,15 @@ pub struct AdapterConfig {
     /// `window`): with them the adapter also serves `metrics.k8s.io` (`kubectl top`, CPU and
     /// memory HPAs). Either here or in the rules file, not both.
     pub resource_rules: Option<Spanned<ResourceRulesSpec>>,
+    /// Named queries (`[[adapter.queries]]`): `name`, `query`, `max_age` (default 2m),
+    /// `refresh` (15s), `namespace`, `backend`. Each is served as an external metric from a
+    /// cache refreshed in the background; a value older than `max_age` is a 503, never 0.
+    pub queries: Vec<Spanned<NamedQuerySpec>>,
+    /// How many named queries may run at once (the rest wait their turn).
+    pub query_concurrency: usize,
+    /// Watch `PrometheusMetric` objects (the CRD in deploy/) and serve each as a named query
+    /// in its namespace, writing its status back.
+    pub watch_prometheus_metrics: bool,
     /// Serving certificate and key (PEM). Without them a self-signed pair is used.
     pub tls_cert_file: String,
     /// The key of `tls_cert_file`.
@@ -157,6 +167,9 @@ impl Default for AdapterConfig {
             rules: Vec::new(),
             external_rules: Vec::new(),
             resource_rules: None,
+            queries: Vec::new(),
+            query_concurrency: 4,
+            watch_prometheus_metrics: false,
             tls_cert_file: String::new(),
             tls_private_key_file: String::new(),
             cert_dir: String::new(),
@@ -458,6 +471,19 @@ impl Config {
                 ));
             }
             rules.resource = Some(rules::resource_from_toml(spec, src, path)?);
+        }
+        let queries = adapter
+            .queries
+            .iter()
+            .map(|q| {
+                let at = common::config::line_col(src, q.span().start);
+                (q.get_ref().clone(), at)
+            })
+            .collect();
+        let queries = rules::named::compile_list(queries, path, "adapter.queries", &rules.queries)?;
+        rules.queries.extend(queries);
+        if adapter.query_concurrency == 0 {
+            return Err(at(0..0, "query_concurrency", "must be at least 1".into()));
         }
         let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
         rules.check_backends(&names)?;

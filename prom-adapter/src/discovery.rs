@@ -198,6 +198,28 @@ impl Registry {
         self.external.get(metric)
     }
 
+    /// The resources a custom metric is served for.
+    pub fn resources_of(&self, metric: &str) -> Vec<GroupResource> {
+        self.custom
+            .keys()
+            .filter(|(_, m)| m == metric)
+            .map(|(gr, _)| gr.clone())
+            .collect()
+    }
+
+    /// How many metrics each rule serves, in [`RuleSet::iter`] order (custom rules first).
+    pub fn metrics_per_rule(&self, rules: &RuleSet) -> Vec<usize> {
+        let mut counts = vec![0; rules.custom.len() + rules.external.len()];
+        let custom = self.custom.values().map(|e| e.rule);
+        let external = self.external.values().map(|e| rules.custom.len() + e.rule);
+        for i in custom.chain(external) {
+            if let Some(c) = counts.get_mut(i) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
     /// Custom metrics count.
     pub fn custom_len(&self) -> usize {
         self.custom.len()

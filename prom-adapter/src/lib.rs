@@ -20,14 +20,17 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod forward;
+pub mod named;
 pub use common::kube_client;
 pub mod objects;
 pub mod prom;
+pub mod prometheus_metric;
 pub mod provider;
 pub mod quantity;
 pub mod rules;
 pub mod selector;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -174,6 +177,8 @@ pub struct Prepared {
     pub objects: Option<objects::WatchCache>,
     /// The external metrics server unserved external metrics go to.
     pub forwarder: Option<Arc<forward::Forwarder>>,
+    /// The client `PrometheusMetric` objects are watched with, when asked to.
+    pub prometheus_metrics: Option<kube::Client>,
 }
 
 /// Builds access control (reading the authentication ConfigMap) and the self-metrics.
@@ -194,10 +199,20 @@ pub async fn prepare(cfg: &Config) -> Result<Prepared, RunError> {
     let access = access(&cfg.adapter, metrics.registry(), &stop).await?;
     let lister = (!cfg.adapter.lister_kubeconfig.is_empty())
         .then(|| std::path::PathBuf::from(&cfg.adapter.lister_kubeconfig));
-    let objects = match objects::client(lister.as_deref())
+    let kube = objects::client(lister.as_deref())
         .await
-        .map_err(|e| RunError::Config(format!("--lister-kubeconfig: {e}")))?
-    {
+        .map_err(|e| RunError::Config(format!("--lister-kubeconfig: {e}")))?;
+    let prometheus_metrics = match (&kube, cfg.adapter.watch_prometheus_metrics) {
+        (Some(kube), true) => Some(kube.clone()),
+        (None, true) => {
+            return Err(RunError::Config(
+                "watch_prometheus_metrics needs a cluster: give --lister-kubeconfig or run in a pod"
+                    .into(),
+            ));
+        }
+        (_, false) => None,
+    };
+    let objects = match kube {
         Some(kube) => {
             let object_metrics = objects::ObjectsMetrics::new();
             if let Err(e) = object_metrics.register(metrics.registry()) {
@@ -235,6 +250,7 @@ pub async fn prepare(cfg: &Config) -> Result<Prepared, RunError> {
         clients,
         objects,
         forwarder,
+        prometheus_metrics,
     })
 }
 
@@ -267,6 +283,7 @@ pub async fn run(
         clients,
         objects,
         forwarder,
+        prometheus_metrics,
     } = prepared;
     let client_certs = match access {
         server::Access::Open => {
@@ -303,12 +320,17 @@ pub async fn run(
             },
         );
     }
+    let urls: Vec<(String, String)> = clients
+        .iter()
+        .map(|(name, c)| (name.clone(), c.base_url().to_owned()))
+        .collect();
     let mut provider = Provider::with_backends(
         clients,
         Arc::new(cfg.rules.clone()),
         Arc::clone(&metrics),
         cfg.max_age,
-    );
+    )
+    .with_status_info(&urls, cfg.relist_interval);
     let mut ready_check: Option<server::ReadyCheck> = None;
     if let Some(cache) = objects {
         let synced = cache.clone();
@@ -328,6 +350,21 @@ pub async fn run(
         Arc::clone(&provider),
         forwarder,
         cfg.relist_interval,
+        stop.clone(),
+    ));
+    if let Some(kube) = prometheus_metrics {
+        tracing::info!(
+            "Watching PrometheusMetric objects; each is served as a named query in its namespace."
+        );
+        tokio::spawn(prometheus_metric::run(
+            kube,
+            Arc::clone(&provider),
+            stop.clone(),
+        ));
+    }
+    let named = tokio::spawn(named_loop(
+        Arc::clone(&provider),
+        cfg.adapter.query_concurrency,
         stop.clone(),
     ));
     if let Some(reloader) = reloader {
@@ -351,8 +388,48 @@ pub async fn run(
     tracing::info!("Shutting down.");
     stop.cancel();
     let _ = relist.await;
+    let _ = named.await;
     let _ = serving.await;
     Ok(())
+}
+
+/// How often the named query loop looks for due queries at the least (a reload or a
+/// finished run can make one due sooner than it slept for).
+const NAMED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs each named query when it is due, at most `concurrency` at once, until `stop`.
+/// Requests never wait for this: they read the cache.
+async fn named_loop<P: prom::PromApi + 'static>(
+    provider: Arc<Provider<P>>,
+    concurrency: usize,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let now = std::time::Instant::now();
+        for slot in provider.named().take_due(now) {
+            let (provider, permits) = (Arc::clone(&provider), Arc::clone(&permits));
+            running.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                provider.refresh_named(&slot).await;
+            });
+        }
+        while running.try_join_next().is_some() {}
+        let wake = provider
+            .named()
+            .next_due()
+            .map_or(now + NAMED_POLL, |due| due.min(now + NAMED_POLL));
+        tokio::select! {
+            () = stop.cancelled() => {
+                running.abort_all();
+                return;
+            }
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
 }
 
 /// A file's identity for change detection: modification time, length, inode.
@@ -493,6 +570,41 @@ pub fn serving_cert(
         )?
     };
     common::tls::CertStore::new(cert).map(Arc::new)
+}
+
+/// `prom-adapter status` and `explain`: GETs `path_and_query` of a running adapter; a
+/// refusal or error comes back as its `Status` message.
+pub async fn ask_adapter(remote: &cli::Remote, path_and_query: &str) -> Result<Vec<u8>, String> {
+    let token = remote.token_file.clone().or_else(|| {
+        let sa = std::path::Path::new(cli::SERVICE_ACCOUNT_TOKEN);
+        (remote.client_certificate.is_none() && sa.exists()).then(|| sa.to_path_buf())
+    });
+    let client = Client::new(prom::http::ClientConfig {
+        url: remote.url.clone(),
+        bearer_token_file: token,
+        ca_file: remote.certificate_authority.clone(),
+        client_cert_file: remote.client_certificate.clone(),
+        client_key_file: remote.client_key.clone(),
+        insecure_skip_verify: remote.insecure_skip_tls_verify,
+        ..prom::http::ClientConfig::default()
+    })
+    .map_err(|e| format!("cannot set up a client for {}: {e}", remote.url))?;
+    let (code, body) = client
+        .get_raw(path_and_query)
+        .await
+        .map_err(|e| format!("cannot reach the adapter at {}: {e}", remote.url))?;
+    if code == 200 {
+        return Ok(body.to_vec());
+    }
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    Err(format!(
+        "the adapter answered {code} {}: {}",
+        status["reason"].as_str().unwrap_or("?"),
+        status["message"].as_str().map_or_else(
+            || String::from_utf8_lossy(&body).into_owned(),
+            str::to_owned
+        )
+    ))
 }
 
 /// `prom-adapter render`: the PromQL a request would run, after one discovery pass.

@@ -92,6 +92,34 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Status { remote }) => {
+            return ask(remote, "/status".into(), |body| {
+                serde_json::from_slice::<prom_adapter::status::Report>(body)
+                    .map(|r| prom_adapter::status::render(&r, &remote.url))
+            });
+        }
+        Some(Command::Explain {
+            metric,
+            namespace,
+            selector,
+            resource,
+            name,
+            metric_selector,
+            remote,
+        }) => {
+            let req = prom_adapter::status::ExplainRequest {
+                metric: metric.clone(),
+                namespace: namespace.clone(),
+                selector: selector.clone(),
+                resource: resource.clone(),
+                name: name.clone(),
+                metric_selector: metric_selector.clone(),
+            };
+            return ask(remote, format!("/explain?{}", req.to_query()), |body| {
+                serde_json::from_slice::<prom_adapter::status::Explanation>(body)
+                    .map(|e| prom_adapter::status::render_explanation(&e))
+            });
+        }
         None => {}
     }
     let cfg = match load(&cli, cli.config.as_deref()) {
@@ -162,6 +190,36 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "prom-adapter failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a `status`/`explain` request and prints its answer: JSON with `--json`, else
+/// `render`'s text. 1 when the adapter can't be asked or refuses.
+fn ask(
+    remote: &prom_adapter::cli::Remote,
+    path_and_query: String,
+    render: impl Fn(&[u8]) -> Result<String, serde_json::Error>,
+) -> ExitCode {
+    let answer = runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(prom_adapter::ask_adapter(remote, &path_and_query)));
+    let printed = answer.and_then(|body| {
+        if remote.json {
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        } else {
+            render(&body).map_err(|e| format!("cannot read the adapter's answer: {e}"))
+        }
+    });
+    match printed {
+        Ok(text) => {
+            print!("{}", text.trim_end());
+            println!();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("prom-adapter: {e}");
             ExitCode::FAILURE
         }
     }

@@ -4,9 +4,10 @@
 //! Handlers stay thin: they parse a [`Route`](crate::api::route::Route) and call one method
 //! here; tests drive these methods with the fake backend.
 
+mod report;
 mod resource;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,9 +17,11 @@ use crate::api::ApiError;
 use crate::api::route::{CustomRequest, ExternalRequest, ObjectName};
 use crate::api::types::{ApiResource, ExternalMetricValue, MetricValue, ObjectReference, rfc3339};
 use crate::discovery::{CustomEntry, ExternalEntry, Registry, RuleFindings};
+use crate::named;
 use crate::objects::{ObjectResolver, ObjectsError};
 use crate::prom::{Labels, PromApi, PromError, QueryResult, Sample};
 use crate::quantity::{self, ValueError};
+use crate::rules::named::NamedQuery;
 use crate::rules::query::{self, Objects, QueryError, RenderedQuery, quote};
 use crate::rules::resources::GroupResource;
 use crate::rules::{EmptyPolicy, NonFinitePolicy, Rule, RuleSet};
@@ -54,14 +57,61 @@ pub struct Provider<P> {
     last_relist: tokio::sync::Mutex<Option<Instant>>,
     objects: Option<Arc<dyn ObjectResolver>>,
     on_demand_gap: Duration,
+    /// The named queries of the config and of `PrometheusMetric` objects, with their values.
+    named: named::Cache,
+    /// The `PrometheusMetric` objects' queries (the config's are in the catalog's rules).
+    object_queries: std::sync::Mutex<Vec<NamedQuery>>,
+    /// The last answer of each metric requested, for `/status`.
+    served: std::sync::Mutex<BTreeMap<ServedKey, Served>>,
+    relist_interval: Duration,
 }
 
 /// One named backend. Its queries in flight are its own: identical PromQL sent to two
 /// backends is two different questions.
 struct Backend<P> {
     name: String,
+    /// For `/status`: where it is, without credentials.
+    url: String,
     api: P,
     inflight: std::sync::Mutex<HashMap<String, InflightQuery>>,
+    health: std::sync::Mutex<Health>,
+}
+
+/// A backend's recent calls, for `/status`.
+#[derive(Debug, Default)]
+struct Health {
+    up: Option<bool>,
+    last_call: Option<f64>,
+    latency: Option<Duration>,
+    last_error: Option<(f64, String)>,
+    calls: u64,
+    errors: u64,
+}
+
+/// API (`custom`, `external`), resource (`-` for external) and metric.
+type ServedKey = (&'static str, String, String);
+
+/// The last answer for one metric.
+#[derive(Debug, Clone)]
+struct Served {
+    at: f64,
+    items: usize,
+    value: Option<String>,
+    sample_time: Option<String>,
+    error: Option<String>,
+}
+
+/// At most this many metrics are remembered for `/status`; later ones are not (the list
+/// is bounded by what discovery finds, but requests can name anything).
+const MAX_SERVED: usize = 4096;
+
+/// What one rule's discovery last did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleDiscovery {
+    /// When its series query last answered (unix seconds).
+    pub last_ok: Option<f64>,
+    /// Its last error, while it keeps failing.
+    pub last_error: Option<String>,
 }
 
 /// The name of the backend built from the single-backend settings (`prometheus_url`).
@@ -75,6 +125,8 @@ pub struct Catalog {
     pub rules: Arc<RuleSet>,
     /// The metrics discovered with them.
     pub registry: Arc<Registry>,
+    /// Per rule, in [`RuleSet::iter`] order: how its discovery went.
+    pub discovery: Arc<Vec<RuleDiscovery>>,
 }
 
 /// Distinct series queries by backend (`None`: the first), with the rules each serves.
@@ -127,21 +179,44 @@ impl<P: PromApi> Provider<P> {
             .into_iter()
             .map(|(name, api)| Backend {
                 name,
+                url: String::new(),
                 api,
                 inflight: std::sync::Mutex::new(HashMap::new()),
+                health: std::sync::Mutex::new(Health::default()),
             })
             .collect();
+        let named = named::Cache::new(&rules.queries, Instant::now());
+        let discovery = Arc::new(vec![RuleDiscovery::default(); rules.iter().count()]);
         let provider = Self {
             backends,
-            catalog: RwLock::new(Arc::new(Catalog { rules, registry })),
+            catalog: RwLock::new(Arc::new(Catalog {
+                rules,
+                registry,
+                discovery,
+            })),
             metrics,
             max_age,
             last_relist: tokio::sync::Mutex::new(None),
             objects: None,
             on_demand_gap: ON_DEMAND_GAP,
+            named,
+            object_queries: std::sync::Mutex::new(Vec::new()),
+            served: std::sync::Mutex::new(BTreeMap::new()),
+            relist_interval: Duration::from_secs(60),
         };
         provider.publish_counts();
         provider
+    }
+
+    /// Names each backend's URL (by backend name) and the relist period, for `/status`.
+    pub fn with_status_info(mut self, urls: &[(String, String)], relist: Duration) -> Self {
+        for b in &mut self.backends {
+            if let Some((_, url)) = urls.iter().find(|(n, _)| *n == b.name) {
+                b.url.clone_from(url);
+            }
+        }
+        self.relist_interval = relist;
+        self
     }
 
     /// The backend a rule names, or the first one.
@@ -200,10 +275,46 @@ impl<P: PromApi> Provider<P> {
     /// discovered in full by the next relist (which the caller starts).
     pub fn replace_rules(&self, rules: RuleSet) {
         let registry = Arc::new(Registry::from_rules(&rules));
+        let discovery = Arc::new(vec![RuleDiscovery::default(); rules.iter().count()]);
         self.store(Catalog {
             rules: Arc::new(rules),
             registry,
+            discovery,
         });
+        self.sync_named();
+    }
+
+    /// Swaps in the `PrometheusMetric` objects' queries.
+    pub fn replace_object_queries(&self, queries: Vec<NamedQuery>) {
+        *self
+            .object_queries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = queries;
+        self.sync_named();
+    }
+
+    /// The config's named queries, then the objects'.
+    fn sync_named(&self) {
+        let mut all = self.rules().queries.clone();
+        all.extend(
+            self.object_queries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        self.named.replace(&all, Instant::now());
+        self.publish_counts();
+    }
+
+    /// The self-metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The named queries and their values.
+    pub fn named(&self) -> &named::Cache {
+        &self.named
     }
 
     fn publish_counts(&self) {
@@ -215,7 +326,7 @@ impl<P: PromApi> Provider<P> {
         self.metrics
             .discovered
             .with_label_values(&["external"])
-            .set(r.external_len() as i64);
+            .set(self.resource_list(true).len() as i64);
     }
 
     async fn timed<T>(
@@ -226,10 +337,23 @@ impl<P: PromApi> Provider<P> {
     ) -> Result<T, PromError> {
         let started = Instant::now();
         let result = call.await;
+        let took = started.elapsed();
         self.metrics
             .backend_seconds
             .with_label_values(&[backend, endpoint])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        if let Some(b) = self.backends.iter().find(|b| b.name == backend) {
+            let mut h = b.health.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = now_unix();
+            h.calls += 1;
+            h.last_call = Some(now);
+            h.latency = Some(took);
+            h.up = Some(result.is_ok() || matches!(&result, Err(PromError::Api { .. })));
+            if let Err(e) = &result {
+                h.errors += 1;
+                h.last_error = Some((now, e.to_string()));
+            }
+        }
         let up = match &result {
             Ok(_) => true,
             Err(e) => {
@@ -263,6 +387,8 @@ impl<P: PromApi> Provider<P> {
         let catalog = self.catalog();
         let rules: Vec<&Rule> = catalog.rules.iter().collect();
         let mut findings: Vec<Option<RuleFindings>> = vec![None; rules.len()];
+        let mut discovery = (*catalog.discovery).clone();
+        discovery.resize(rules.len(), RuleDiscovery::default());
         let queries = self.series_queries(&rules);
         let mut failed = 0;
         for ((backend, selector), indexes) in &queries {
@@ -285,10 +411,19 @@ impl<P: PromApi> Provider<P> {
                         if let (Some(rule), Some(slot)) = (rules.get(i), findings.get_mut(i)) {
                             *slot = Some(RuleFindings::from_series(rule, &series));
                         }
+                        if let Some(d) = discovery.get_mut(i) {
+                            d.last_ok = Some(now_unix());
+                            d.last_error = None;
+                        }
                     }
                 }
                 Err(e) => {
                     failed += 1;
+                    for &i in indexes {
+                        if let Some(d) = discovery.get_mut(i) {
+                            d.last_error = Some(e.to_string());
+                        }
+                    }
                     tracing::warn!(backend = backend.as_deref().unwrap_or_else(|| self.first_name()), series_query = %selector, error = %e, "Discovery query failed; keeping this rule's last metrics.");
                 }
             }
@@ -305,6 +440,7 @@ impl<P: PromApi> Provider<P> {
             self.store(Catalog {
                 rules: Arc::clone(&catalog.rules),
                 registry: Arc::new(next),
+                discovery: Arc::new(discovery),
             });
         }
         let result = match failed {
@@ -376,27 +512,38 @@ impl<P: PromApi> Provider<P> {
     /// Whether a rule here serves the external metric (as listed now).
     pub fn serves_external(&self, metric: &str) -> bool {
         self.catalog().registry.external(metric).is_some()
+            || self.named.names().iter().any(|n| n == metric)
     }
 
     /// The resources listed for one group version.
     pub fn resource_list(&self, external: bool) -> Vec<ApiResource> {
         let catalog = self.catalog();
-        let r = &catalog.registry;
-        let list = if external {
-            r.external_resources()
-        } else {
-            r.custom_resources()
+        let listed = |r: &Registry| {
+            if external {
+                r.external_resources()
+            } else {
+                r.custom_resources()
+            }
         };
-        if !list.is_empty() {
-            return list;
+        let mut list = listed(&catalog.registry);
+        if list.is_empty() {
+            // Nothing discovered: what the rules name by themselves is better than nothing.
+            list = listed(&Registry::from_rules(&catalog.rules));
         }
-        // Nothing discovered: what the rules name by themselves is better than nothing.
-        let statics = Registry::from_rules(&catalog.rules);
         if external {
-            statics.external_resources()
-        } else {
-            statics.custom_resources()
+            // A named query shadows an external rule's metric of the same name.
+            let names = self.named.names();
+            list.retain(|r| !names.contains(&r.name));
+            list.extend(names.into_iter().map(|name| ApiResource {
+                name,
+                singular_name: String::new(),
+                namespaced: true,
+                kind: "ExternalMetricValueList".into(),
+                verbs: vec!["get".into()],
+            }));
+            list.sort();
         }
+        list
     }
 
     /// The catalog a metric was found in, and its entry there.
@@ -676,6 +823,107 @@ impl<P: PromApi> Provider<P> {
 
     /// A custom-metrics request.
     pub async fn custom(&self, req: &CustomRequest) -> Result<Vec<MetricValue>, ApiError> {
+        let answer = self.custom_uncounted(req).await;
+        let first = answer.as_ref().ok().and_then(|items| items.first());
+        self.remember(
+            ("custom", req.resource.clone(), req.metric.clone()),
+            answer.as_ref().map_or(0, Vec::len),
+            first.map(|i| (i.value.0.clone(), i.timestamp.clone())),
+            answer.as_ref().err(),
+        );
+        answer
+    }
+
+    /// An external-metrics request: a named query's cached value, or an external rule's
+    /// query run now.
+    pub async fn external(
+        &self,
+        req: &ExternalRequest,
+    ) -> Result<Vec<ExternalMetricValue>, ApiError> {
+        let answer = match self.named.find(&req.metric, &req.namespace) {
+            Some(slot) => Selector::parse(&req.label_selector)
+                .map_err(|e| bad_selector("labelSelector", e))
+                .and_then(|selector| {
+                    let answer = slot.answer(&selector, now_unix());
+                    let outcome = match &answer {
+                        Ok(_) => "ok",
+                        Err(ApiError::Stale(_)) => "stale",
+                        Err(_) => "error",
+                    };
+                    self.metrics
+                        .named_answers
+                        .with_label_values(&[outcome])
+                        .inc();
+                    answer
+                }),
+            None => self.external_rule_answer(req).await,
+        };
+        let first = answer.as_ref().ok().and_then(|items| items.first());
+        self.remember(
+            ("external", "-".into(), req.metric.clone()),
+            answer.as_ref().map_or(0, Vec::len),
+            first.map(|i| (i.value.0.clone(), i.timestamp.clone())),
+            answer.as_ref().err(),
+        );
+        answer
+    }
+
+    /// Files a request's outcome for `/status`.
+    fn remember(
+        &self,
+        key: ServedKey,
+        items: usize,
+        first: Option<(String, String)>,
+        error: Option<&ApiError>,
+    ) {
+        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        if served.len() >= MAX_SERVED && !served.contains_key(&key) {
+            return;
+        }
+        let (value, sample_time) = first.unzip();
+        served.insert(
+            key,
+            Served {
+                at: now_unix(),
+                items,
+                value,
+                sample_time,
+                error: error.map(ToString::to_string),
+            },
+        );
+    }
+
+    /// Runs the named query of `slot` on its backend and files the outcome; a change
+    /// between working and failing is logged.
+    pub async fn refresh_named(&self, slot: &named::Slot) {
+        let started = Instant::now();
+        let outcome = match self.backend(slot.query.backend.as_deref()) {
+            Ok(b) => self
+                .run_query(b, &slot.query.query)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(named::value_from),
+            Err(e) => Err(e.to_string()),
+        };
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .named_refreshes
+            .with_label_values(&[result])
+            .inc();
+        match (
+            &outcome,
+            slot.record(outcome.clone(), started, Instant::now(), now_unix()),
+        ) {
+            (Err(e), true) => {
+                tracing::warn!(query = %slot.query.name, source = %slot.query.source.describe(), error = %e, "Named query failed; its last value is served until it is maxAge old.")
+            }
+            (Ok(_), true) => tracing::info!(query = %slot.query.name, "Named query answers again."),
+            _ => {}
+        }
+    }
+
+    /// A custom-metrics request, not filed for `/status`.
+    async fn custom_uncounted(&self, req: &CustomRequest) -> Result<Vec<MetricValue>, ApiError> {
         let gr = GroupResource::parse(&req.resource);
         let metric_selector = Selector::parse(&req.metric_label_selector)
             .map_err(|e| bad_selector("metricLabelSelector", e))?;
@@ -798,8 +1046,8 @@ impl<P: PromApi> Provider<P> {
         Ok(items)
     }
 
-    /// An external-metrics request.
-    pub async fn external(
+    /// An external rule's answer, the query run now.
+    async fn external_rule_answer(
         &self,
         req: &ExternalRequest,
     ) -> Result<Vec<ExternalMetricValue>, ApiError> {

@@ -144,6 +144,22 @@ pub async fn respond<P: PromApi, K>(
                 group,
             };
         }
+        "/status" => return json(serde_json::to_vec(&state.provider.report()), group),
+        "/explain" => {
+            let Some(req) = crate::status::ExplainRequest::from_query(query) else {
+                return error(
+                    &ApiError::BadRequest(
+                        "explain needs ?metric=NAME (and namespace, selector, resource, name, metricSelector)"
+                            .into(),
+                    ),
+                    group,
+                );
+            };
+            return match state.provider.explain(&req).await {
+                Ok(e) => json(serde_json::to_vec(&e), group),
+                Err(e) => error(&e, group),
+            };
+        }
         "/openapi/v2" => return json(Ok(OPENAPI_V2.as_bytes().to_vec()), group),
         "/openapi/v3" => return json(Ok(OPENAPI_V3.as_bytes().to_vec()), group),
         _ => {}

@@ -25,6 +25,16 @@ pub struct Metrics {
     pub backend_seconds: HistogramVec,
     /// Requests answered by joining an identical query already in flight, by backend.
     pub coalesced: IntCounterVec,
+    /// Named query runs by result (`ok`, `error`).
+    pub named_refreshes: IntCounterVec,
+    /// Named query answers by outcome (`ok`, `stale`, `error`).
+    pub named_answers: IntCounterVec,
+    /// `PrometheusMetric` objects seen.
+    pub prometheus_metric_objects: Gauge,
+    /// Their status writes by result (`ok`, `error`).
+    pub prometheus_metric_status_writes: IntCounterVec,
+    /// Errors of the `PrometheusMetric` and HPA watches.
+    pub prometheus_metric_watch_errors: IntCounter,
     /// Failed backend calls by backend, endpoint and error kind.
     pub backend_errors: IntCounterVec,
     /// 1 when the backend's last call reached its API (an answer, or a PromQL error), else 0.
@@ -113,6 +123,38 @@ impl Metrics {
         let _ = registry.register(Box::new(backend_up.clone()));
         Self {
             backend_up,
+            named_refreshes: counter(
+                &registry,
+                "prom_adapter_named_query_refreshes_total",
+                "Background runs of named queries, by result.",
+                &["result"],
+            ),
+            prometheus_metric_objects: gauge(
+                &registry,
+                "prom_adapter_prometheus_metric_objects",
+                "PrometheusMetric objects seen by the watch (valid or not).",
+            ),
+            prometheus_metric_status_writes: counter(
+                &registry,
+                "prom_adapter_prometheus_metric_status_writes_total",
+                "Status subresource writes of PrometheusMetric objects, by result.",
+                &["result"],
+            ),
+            prometheus_metric_watch_errors: {
+                let c = IntCounter::new(
+                    "prom_adapter_prometheus_metric_watch_errors_total",
+                    "Errors of the PrometheusMetric and HorizontalPodAutoscaler watches (each is retried with back-off).",
+                )
+                .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
+            named_answers: counter(
+                &registry,
+                "prom_adapter_named_query_answers_total",
+                "Requests answered from the named query cache, by outcome (stale: older than maxAge, refused).",
+                &["outcome"],
+            ),
             coalesced: counter(
                 &registry,
                 "prom_adapter_prometheus_queries_coalesced_total",

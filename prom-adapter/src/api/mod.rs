@@ -40,6 +40,10 @@ pub enum ApiError {
     /// The backend is down, erroring, or has no usable value (503).
     #[error("{0}")]
     Unavailable(String),
+    /// A named query's value is older than its `maxAge` (503, reason `Stale`): the HPA
+    /// holds still rather than act on an old number.
+    #[error("stale: {0}")]
+    Stale(String),
     /// A bug or a rule that cannot work (500).
     #[error("Internal error occurred: {0}")]
     Internal(String),
@@ -54,7 +58,7 @@ impl ApiError {
             Self::Unauthorized => 401,
             Self::Forbidden(_) => 403,
             Self::MethodNotAllowed => 405,
-            Self::Unavailable(_) => 503,
+            Self::Unavailable(_) | Self::Stale(_) => 503,
             Self::Internal(_) => 500,
         }
     }
@@ -68,6 +72,7 @@ impl ApiError {
             Self::Forbidden(_) => "Forbidden",
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::Unavailable(_) => "ServiceUnavailable",
+            Self::Stale(_) => "Stale",
             Self::Internal(_) => "InternalError",
         }
     }
@@ -138,6 +143,7 @@ mod tests {
             (ApiError::Forbidden("x".into()), 403, "Forbidden"),
             (ApiError::MethodNotAllowed, 405, "MethodNotAllowed"),
             (ApiError::Unavailable("x".into()), 503, "ServiceUnavailable"),
+            (ApiError::Stale("x".into()), 503, "Stale"),
             (ApiError::Internal("x".into()), 500, "InternalError"),
         ] {
             let body: serde_json::Value = serde_json::from_slice(&e.status_body()).unwrap();

@@ -25,6 +25,7 @@ use crate::selector::Selector;
 
 pub use fake::FakeObjects;
 pub use metrics::ObjectsMetrics;
+pub(crate) use watch::next;
 pub use watch::{StartError, WatchCache, client, client_from};
 
 /// What the cache keeps of one object.

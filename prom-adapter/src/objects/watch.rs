@@ -400,7 +400,7 @@ fn object_ref(object: PartialObjectMeta<DynamicObject>) -> ObjectRef {
 
 /// The next item of `stream`. (`futures::StreamExt::next`, which prom-adapter doesn't
 /// depend on.)
-async fn next<S: WatchStreamExt + Unpin>(stream: &mut S) -> Option<S::Item> {
+pub(crate) async fn next<S: WatchStreamExt + Unpin>(stream: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
 }
 

@@ -14,6 +14,27 @@ use super::{Labels, PromError, QueryResult, Sample};
 /// The most of a non-API error body kept in [`PromError::Http`].
 pub const MAX_ERROR_BODY: usize = 512;
 
+/// The `data` of an `/api/v1/query` answer as Prometheus writes it, for `explain`.
+pub fn data_json(result: &QueryResult) -> serde_json::Value {
+    use serde_json::json;
+    let sample = |s: &Sample| json!({"metric": s.labels, "value": [s.timestamp, s.value]});
+    match result {
+        QueryResult::Vector(samples) => {
+            json!({"resultType": "vector", "result": samples.iter().map(sample).collect::<Vec<_>>()})
+        }
+        QueryResult::Scalar { timestamp, value } => {
+            json!({"resultType": "scalar", "result": [timestamp, value]})
+        }
+        QueryResult::Matrix(series) => json!({
+            "resultType": "matrix",
+            "result": series.iter().map(|l| json!({"metric": l, "values": "(not kept)"})).collect::<Vec<_>>()
+        }),
+        QueryResult::String { timestamp, value } => {
+            json!({"resultType": "string", "result": [timestamp, value]})
+        }
+    }
+}
+
 /// Decodes a 2xx answer of `/api/v1/query`.
 pub fn decode_query(status: u16, body: &[u8]) -> Result<QueryResult, PromError> {
     let env: Envelope<QueryData> = decode_envelope(status, body)?;

@@ -4,6 +4,7 @@
 //! Both front-ends deserialize the same [`RuleSpec`]; field names are prometheus-adapter's
 //! (`seriesQuery`), and TOML may also spell them in snake case (`series_query`).
 
+pub mod named;
 pub mod naming;
 pub mod query;
 pub mod resource;
@@ -201,6 +202,8 @@ pub struct RuleSet {
     pub external: Vec<Rule>,
     /// `resourceRules`: `metrics.k8s.io` is served only when they are given.
     pub resource: Option<ResourceRules>,
+    /// Named queries (`externalQueries`, `[[adapter.queries]]`), served from a cache.
+    pub queries: Vec<named::NamedQuery>,
 }
 
 impl RuleSet {
@@ -232,6 +235,16 @@ impl RuleSet {
                 format!("unknown backend `{b}` (configured: {})", known()),
             ));
         }
+        for q in &self.queries {
+            if let (Some(b), named::QuerySource::Config(origin)) = (&q.backend, &q.source)
+                && !names.contains(&b.as_str())
+            {
+                return Err(origin.error(
+                    "backend",
+                    format!("unknown backend `{b}` (configured: {})", known()),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -240,6 +253,7 @@ impl RuleSet {
     pub fn extend(&mut self, other: RuleSet) {
         self.custom.extend(other.custom);
         self.external.extend(other.external);
+        self.queries.extend(other.queries);
         if other.resource.is_some() {
             self.resource = other.resource;
         }
@@ -378,6 +392,9 @@ struct AdapterFile {
     external_rules: Vec<serde_saphyr::Spanned<RuleSpec>>,
     #[serde(default)]
     resource_rules: Option<serde_saphyr::Spanned<ResourceRulesSpec>>,
+    /// Extension: named queries, served from a cache as external metrics.
+    #[serde(default)]
+    external_queries: Vec<serde_saphyr::Spanned<named::NamedQuerySpec>>,
 }
 
 /// Reads prometheus-adapter's config YAML, unchanged (unknown keys are errors, as its
@@ -397,6 +414,15 @@ pub fn from_yaml(src: &str, path: &Path) -> Result<(RuleSet, Warnings), ConfigEr
     };
     let warnings = Warnings::new();
     let mut set = RuleSet::default();
+    let queries = file
+        .external_queries
+        .into_iter()
+        .map(|s| {
+            let loc = s.referenced;
+            (s.value, (loc.line() as usize, loc.column() as usize))
+        })
+        .collect();
+    set.queries = named::compile_list(queries, path, "externalQueries", &[])?;
     if let Some(spanned) = file.resource_rules {
         let loc = spanned.referenced;
         set.resource = Some(compile_resource(
