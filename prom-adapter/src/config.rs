@@ -875,6 +875,93 @@ backend = "thanos"
         );
         assert_eq!(cfg.backends[0].client.verb, Verb::Get);
         assert_eq!(cfg.rules.external[0].backend.as_deref(), Some("thanos"));
+        // Every TLS and credential key reaches its own client setting.
+        assert_eq!(thanos.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(
+            thanos.client_cert_file.as_deref(),
+            Some(Path::new("/etc/c.pem"))
+        );
+        assert_eq!(
+            thanos.client_key_file.as_deref(),
+            Some(Path::new("/etc/k.pem"))
+        );
+        assert_eq!(cfg.backends[0].client.ca_file, None);
+        let basic = check(
+            "version = 1\n[adapter]\n[[adapter.backends]]\nname = \"vm\"\nurl = \"http://vm:8428\"\nbasic_auth_username = \"reader\"\nbasic_auth_password_file = \"/etc/pw\"\n",
+        )
+        .unwrap();
+        let auth = basic.backends[0].client.basic_auth.as_ref().unwrap();
+        assert_eq!(auth.username, "reader");
+        assert_eq!(auth.password_file.as_deref(), Some(Path::new("/etc/pw")));
+    }
+
+    #[test]
+    fn named_queries_load_from_toml_and_yaml_with_their_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            "externalQueries:\n- name: queue_depth\n  query: sum(jobs)\n  maxAge: 5m\n",
+        )
+        .unwrap();
+        let src = "version = 1\n[adapter]\nrules_file = \"rules.yaml\"\nquery_concurrency = 2\n\n[[adapter.queries]]\nname = \"orders\"\nquery = \"sum(rate(orders_total[1m]))\"\nrefresh = \"5s\"\nnamespace = \"shop\"\n";
+        let path = dir.path().join("pipeline.toml");
+        let file: PipelineFile = common::config::from_toml(src, &path).unwrap();
+        let cfg = Config::validate(file.adapter, src, &path, dir.path()).unwrap();
+        let got: Vec<(&str, u64, u64, Option<&str>)> = cfg
+            .rules
+            .queries
+            .iter()
+            .map(|q| {
+                (
+                    q.name.as_str(),
+                    q.max_age.as_secs(),
+                    q.refresh.as_secs(),
+                    q.namespace.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("queue_depth", 300, 15, None),
+                ("orders", 120, 5, Some("shop"))
+            ]
+        );
+        assert_eq!(cfg.adapter.query_concurrency, 2);
+        // The same name in the same scope in both files.
+        let twice = "version = 1\n[adapter]\nrules_file = \"rules.yaml\"\n[[adapter.queries]]\nname = \"queue_depth\"\nquery = \"1\"\n";
+        let file: PipelineFile = common::config::from_toml(twice, &path).unwrap();
+        let e = Config::validate(file.adapter, twice, &path, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pipeline.toml:4:1"), "{e}");
+        assert!(e.contains("adapter.queries[0].name"), "{e}");
+        assert!(e.contains("rules.yaml:2:3 (externalQueries[0])"), "{e}");
+    }
+
+    #[test]
+    fn named_query_errors_name_their_field() {
+        for (src, needle) in [
+            (
+                "version = 1\n[adapter]\n[[adapter.queries]]\nname = \"q\"\nquery = \"1\"\nmax_age = \"5s\"\n",
+                "pipeline.toml:3:1: field `adapter.queries[0].maxAge`",
+            ),
+            (
+                "version = 1\n[adapter]\n[[adapter.queries]]\nname = \"q\"\nquery = \"1\"\nbackend = \"nope\"\n",
+                "field `adapter.queries[0].backend`: unknown backend `nope`",
+            ),
+            (
+                "version = 1\n[adapter]\n[[adapter.queries]]\nname = \"q\"\nquery = \"1\"\nmaxage = \"5m\"\n",
+                "unknown field `maxage`",
+            ),
+            (
+                "version = 1\n[adapter]\nquery_concurrency = 0\n",
+                "adapter.query_concurrency",
+            ),
+        ] {
+            let e = check(src).unwrap_err();
+            assert!(e.contains(needle), "{e} lacks {needle}");
+        }
     }
 
     #[test]
