@@ -325,6 +325,10 @@ pub const NAMESPACES: &str = "/api/v1/namespaces";
 
 /// The path of the nodes.
 pub const NODES: &str = "/api/v1/nodes";
+/// The collection path of `PrometheusMetric` objects over every namespace.
+pub const PROMETHEUS_METRICS: &str = "/apis/prom-adapter.io/v1alpha1/prometheusmetrics";
+/// The collection path of HorizontalPodAutoscalers over every namespace.
+pub const HPAS: &str = "/apis/autoscaling/v2/horizontalpodautoscalers";
 
 /// The `Accept` media type of a metadata-only list (kube-rs' `list_metadata`).
 pub const ACCEPT_METADATA_LIST: &str =
@@ -346,6 +350,10 @@ pub enum Resource {
     Namespaces,
     /// `nodes` (cluster-scoped; served after [`FakeKubeApi::serve_nodes`]).
     Nodes,
+    /// `prometheusmetrics.prom-adapter.io` (namespaced; with a status subresource).
+    PrometheusMetrics,
+    /// `horizontalpodautoscalers.autoscaling` (namespaced).
+    HorizontalPodAutoscalers,
 }
 
 impl Resource {
@@ -355,12 +363,23 @@ impl Resource {
             Resource::Pods => "Pod",
             Resource::Namespaces => "Namespace",
             Resource::Nodes => "Node",
+            Resource::PrometheusMetrics => "PrometheusMetric",
+            Resource::HorizontalPodAutoscalers => "HorizontalPodAutoscaler",
+        }
+    }
+
+    /// Its `apiVersion`.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Resource::Pods | Resource::Namespaces | Resource::Nodes => "v1",
+            Resource::PrometheusMetrics => "prom-adapter.io/v1alpha1",
+            Resource::HorizontalPodAutoscalers => "autoscaling/v2",
         }
     }
 
     /// Whether its objects live in a namespace.
     pub fn namespaced(self) -> bool {
-        matches!(self, Resource::Pods)
+        !matches!(self, Resource::Namespaces | Resource::Nodes)
     }
 
     /// The path of its collection over every namespace.
@@ -369,7 +388,14 @@ impl Resource {
             Resource::Pods => PODS,
             Resource::Namespaces => NAMESPACES,
             Resource::Nodes => NODES,
+            Resource::PrometheusMetrics => PROMETHEUS_METRICS,
+            Resource::HorizontalPodAutoscalers => HPAS,
         }
+    }
+
+    /// Its collection's last path segment.
+    fn plural(self) -> &'static str {
+        self.path().rsplit('/').next().unwrap_or_default()
     }
 }
 
@@ -675,6 +701,15 @@ fn new_object(
                 "addresses": [{"type": "Hostname", "address": name}],
             },
         }),
+        Resource::PrometheusMetrics | Resource::HorizontalPodAutoscalers => {
+            metadata["namespace"] = json!(namespace);
+            json!({
+                "kind": resource.kind(),
+                "apiVersion": resource.api_version(),
+                "metadata": metadata,
+                "spec": {},
+            })
+        }
     }
 }
 
@@ -702,6 +737,21 @@ fn object_target(path: &str) -> Option<Target> {
         ["", "api", "v1", "nodes"] => (Resource::Nodes, None),
         ["", "api", "v1", "namespaces", ns, "pods"] if !ns.is_empty() => {
             (Resource::Pods, Some((*ns).to_owned()))
+        }
+        ["", "apis", group, version, rest @ ..] => {
+            let resource = [
+                Resource::PrometheusMetrics,
+                Resource::HorizontalPodAutoscalers,
+            ]
+            .into_iter()
+            .find(|r| r.api_version() == format!("{group}/{version}"))?;
+            match rest {
+                [plural] if *plural == resource.plural() => (resource, None),
+                ["namespaces", ns, plural] if !ns.is_empty() && *plural == resource.plural() => {
+                    (resource, Some((*ns).to_owned()))
+                }
+                _ => return None,
+            }
         }
         _ => return None,
     };
@@ -1037,6 +1087,61 @@ impl FakeKubeApi {
         self.objects()
             .change(Resource::Nodes, "", name, Some(labels))
             .unwrap_or_default()
+    }
+
+    /// Creates or replaces an object of `resource` (`PrometheusMetric`, HPA) from its
+    /// `spec` (and `status`, if given); watchers get `ADDED` or `MODIFIED`. Returns the
+    /// change's resourceVersion.
+    pub fn put_object(&self, resource: Resource, namespace: &str, name: &str, body: Value) -> u64 {
+        let mut objects = self.objects();
+        let uid = format!("00000000-0000-4000-8000-{:012}", objects.rv + 1);
+        let mut object = json!({
+            "kind": resource.kind(),
+            "apiVersion": resource.api_version(),
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+                "generation": 1,
+                "creationTimestamp": "2025-01-01T00:00:00Z",
+            },
+        });
+        if let Some(old) = objects
+            .collection(resource)
+            .objects
+            .get(&(namespace.to_owned(), name.to_owned()))
+        {
+            object["metadata"] = old["metadata"].clone();
+            object["status"] = old["status"].clone();
+        }
+        for key in ["spec", "status"] {
+            if !body[key].is_null() {
+                object[key] = body[key].clone();
+            }
+        }
+        objects.put(resource, namespace, name, object)
+    }
+
+    /// Deletes an object of `resource`; `None` when it isn't there.
+    pub fn delete_object(&self, resource: Resource, namespace: &str, name: &str) -> Option<u64> {
+        let mut objects = self.objects();
+        let mut object = objects
+            .collection(resource)
+            .objects
+            .remove(&(namespace.to_owned(), name.to_owned()))?;
+        let rv = objects.rv + 1;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        objects.announce(resource, rv, "DELETED", object);
+        Some(rv)
+    }
+
+    /// An object as stored now.
+    pub fn object(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
+        self.objects()
+            .collection(resource)
+            .objects
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Deletes the node `name`; `None` when there is no such node.
@@ -1497,7 +1602,87 @@ fn served_target(path: &str, state: &State) -> Option<Target> {
     object_target(path).filter(|t| nodes || t.resource != Resource::Nodes)
 }
 
+/// `PATCH …/namespaces/{ns}/prometheusmetrics/{name}/status` with a JSON merge patch: the
+/// status subresource, which changes `status` only (as kube-apiserver's does).
+fn patch_status(request: &Recorded, state: &State) -> Option<(u16, Value)> {
+    let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').collect();
+    let resource = Resource::PrometheusMetrics;
+    let [
+        "",
+        "apis",
+        group,
+        version,
+        "namespaces",
+        ns,
+        plural,
+        name,
+        "status",
+    ] = segments.as_slice()
+    else {
+        return None;
+    };
+    if format!("{group}/{version}") != resource.api_version() || *plural != resource.plural() {
+        return None;
+    }
+    if request.method != "PATCH" {
+        return Some(status(
+            405,
+            "MethodNotAllowed",
+            &format!("{} is not supported on {}", request.method, request.path),
+        ));
+    }
+    if !request
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/merge-patch+json"))
+    {
+        return Some(status(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json",
+        ));
+    }
+    let Some(patch) = &request.body else {
+        return Some(status(400, "BadRequest", "the request body is not JSON"));
+    };
+    let mut objects = lock(&state.objects);
+    let key = ((*ns).to_owned(), (*name).to_owned());
+    let Some(mut object) = objects.collection(resource).objects.get(&key).cloned() else {
+        return Some(status(
+            404,
+            "NotFound",
+            &format!("prometheusmetrics.prom-adapter.io \"{name}\" not found"),
+        ));
+    };
+    merge_patch(&mut object["status"], &patch["status"]);
+    objects.put(resource, ns, name, object.clone());
+    let stored = objects.collection(resource).objects.get(&key).cloned();
+    Some((200, stored.unwrap_or(object)))
+}
+
+/// RFC 7386 JSON merge patch: `null` deletes, objects merge, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in fields {
+        if v.is_null() {
+            if let Some(t) = target.as_object_mut() {
+                t.remove(k);
+            }
+        } else {
+            merge_patch(&mut target[k.as_str()], v);
+        }
+    }
+}
+
 fn objects_answer(request: &Recorded, state: &State) -> Option<(u16, Value)> {
+    if let Some(answer) = patch_status(request, state) {
+        return Some(answer);
+    }
     let nodes = lock(&state.objects).nodes_served;
     let document = discovery_document(&request.path, nodes);
     let target = served_target(&request.path, state);
@@ -1652,7 +1837,10 @@ fn list(request: &Recorded, state: &State, target: &Target) -> (u16, Value) {
     let (kind, api_version) = if meta_only {
         ("PartialObjectMetadataList".to_owned(), "meta.k8s.io/v1")
     } else {
-        (format!("{}List", target.resource.kind()), "v1")
+        (
+            format!("{}List", target.resource.kind()),
+            target.resource.api_version(),
+        )
     };
     (
         200,

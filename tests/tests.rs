@@ -5,6 +5,7 @@
 mod adapter;
 mod adapter_auth;
 mod adapter_backends;
+mod adapter_named;
 mod adapter_objects;
 mod adapter_resource;
 mod adapter_vm;

@@ -348,19 +348,24 @@ pub async fn run<P: PromApi>(
             }
         };
         if changed {
-            invalid.clear();
+            // Our own status writes come back as changes too: log an error only when new.
             let backends = provider.backend_names();
             let mut queries = Vec::new();
+            let mut now_invalid = BTreeMap::new();
             for ((ns, name), o) in &seen.metrics {
                 let spec = o.data.get("spec").cloned().unwrap_or_default();
                 match to_query(ns, name, &spec, &backends) {
                     Ok(q) => queries.push(q),
                     Err(e) => {
-                        tracing::warn!(namespace = %ns, name = %name, error = %e, "PrometheusMetric is invalid; not served.");
-                        invalid.insert((ns.clone(), name.clone()), e);
+                        let key = (ns.clone(), name.clone());
+                        if invalid.get(&key) != Some(&e) {
+                            tracing::warn!(namespace = %ns, name = %name, error = %e, "PrometheusMetric is invalid; not served.");
+                        }
+                        now_invalid.insert(key, e);
                     }
                 }
             }
+            invalid = now_invalid;
             written.retain(|k, _| seen.metrics.contains_key(k));
             provider
                 .metrics()

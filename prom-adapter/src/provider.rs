@@ -88,8 +88,9 @@ struct Health {
     errors: u64,
 }
 
-/// API (`custom`, `external`), resource (`-` for external) and metric.
-type ServedKey = (&'static str, String, String);
+/// API (`custom`, `external`), namespace (`-` for root-scoped), resource (`-` for external)
+/// and metric.
+type ServedKey = (&'static str, String, String, String);
 
 /// The last answer for one metric.
 #[derive(Debug, Clone)]
@@ -826,7 +827,12 @@ impl<P: PromApi> Provider<P> {
         let answer = self.custom_uncounted(req).await;
         let first = answer.as_ref().ok().and_then(|items| items.first());
         self.remember(
-            ("custom", req.resource.clone(), req.metric.clone()),
+            (
+                "custom",
+                req.namespace.clone().unwrap_or_else(|| "-".into()),
+                req.resource.clone(),
+                req.metric.clone(),
+            ),
             answer.as_ref().map_or(0, Vec::len),
             first.map(|i| (i.value.0.clone(), i.timestamp.clone())),
             answer.as_ref().err(),
@@ -860,7 +866,12 @@ impl<P: PromApi> Provider<P> {
         };
         let first = answer.as_ref().ok().and_then(|items| items.first());
         self.remember(
-            ("external", "-".into(), req.metric.clone()),
+            (
+                "external",
+                req.namespace.clone(),
+                "-".into(),
+                req.metric.clone(),
+            ),
             answer.as_ref().map_or(0, Vec::len),
             first.map(|i| (i.value.0.clone(), i.timestamp.clone())),
             answer.as_ref().err(),

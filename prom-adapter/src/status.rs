@@ -169,6 +169,8 @@ pub struct QueryStatus {
 pub struct MetricStatus {
     /// `custom` or `external`.
     pub api: String,
+    /// The request's namespace (`-` for root-scoped resources).
+    pub namespace: String,
     /// The resource (`pods`, `namespaces`, …); `-` for external metrics.
     pub resource: String,
     /// The metric.
@@ -342,6 +344,8 @@ Backend answer (asked now):
                             "  {{{labels}}} => {} @ {}",
                             s["value"][1].as_str().unwrap_or("?"),
                             s["value"][0]
+                                .as_f64()
+                                .map_or_else(|| "?".into(), crate::api::types::rfc3339)
                         );
                     }
                 }
@@ -572,6 +576,7 @@ pub fn render(r: &Report, url: &str) -> String {
         .map(|m| {
             vec![
                 m.api.clone(),
+                m.namespace.clone(),
                 m.resource.clone(),
                 m.metric.clone(),
                 opt(m.value.as_deref()).to_owned(),
@@ -585,6 +590,7 @@ pub fn render(r: &Report, url: &str) -> String {
         &mut out,
         &[
             "API",
+            "NAMESPACE",
             "RESOURCE",
             "METRIC",
             "VALUE",

@@ -226,6 +226,7 @@ async fn status_reports_queries_rules_backends_and_last_answers() {
     let s = state(&prom);
     s.provider.relist().await;
     queues(&prom, now());
+    prom.set_vector("sum(rate(orders_total[1m]))", vec![sample(&[], now(), "0")]);
     refresh_all(&s).await;
     let _ = get(&s, &format!("{EXTERNAL}/namespaces/default/queue_depth")).await;
     let _ = get(&s, &format!("{EXTERNAL}/namespaces/shop/orders_per_second")).await;
@@ -254,22 +255,33 @@ async fn status_reports_queries_rules_backends_and_last_answers() {
     );
     assert_eq!(q.values.len(), 2);
     assert!(q.source.contains("externalQueries[0]"), "{}", q.source);
-    let served: Vec<(&str, Option<&str>, bool)> = report
+    let _ = get(
+        &s,
+        &format!("{EXTERNAL}/namespaces/other/orders_per_second"),
+    )
+    .await;
+    let served: Vec<(String, String, Option<String>, bool)> = s
+        .provider
+        .report()
         .metrics
-        .iter()
-        .map(|m| {
-            (
-                m.metric.as_str(),
-                m.value.as_deref(),
-                m.last_error.is_some(),
-            )
-        })
+        .into_iter()
+        .map(|m| (m.namespace, m.metric, m.value, m.last_error.is_some()))
         .collect();
+    let row = |ns: &str, metric: &str, value: Option<&str>, failed: bool| {
+        (
+            ns.to_owned(),
+            metric.to_owned(),
+            value.map(str::to_owned),
+            failed,
+        )
+    };
+    // One row per namespace: the failure in `other` doesn't hide the answer in `shop`.
     assert_eq!(
         served,
         [
-            ("orders_per_second", None, true),
-            ("queue_depth", Some("12"), false)
+            row("default", "queue_depth", Some("12"), false),
+            row("other", "orders_per_second", None, true),
+            row("shop", "orders_per_second", Some("0"), false),
         ]
     );
     let text = prom_adapter::status::render(&report, "https://adapter");

@@ -129,8 +129,9 @@ impl<P: PromApi> Provider<P> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|((api, resource, metric), s)| MetricStatus {
+            .map(|((api, namespace, resource, metric), s)| MetricStatus {
                 api: (*api).to_owned(),
+                namespace: namespace.clone(),
                 resource: resource.clone(),
                 metric: metric.clone(),
                 last_request: rfc3339(s.at),
