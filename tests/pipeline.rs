@@ -22,10 +22,11 @@
 //! For each load level the test waits (generously, with [`eventually`]) until the adapter's
 //! answers reflect the new load, then asserts the replica count the HPA would choose: scale
 //! up, hold within tolerance, scale down. worker-0 sends far more than the others all along
-//! and must never be in an answer. When web-2 stops sending, its series expire at the bridge
-//! and leave the rate window; the adapter then answers without it (`pods/*`), 404 for the
-//! named pod and 503 for its queue: never a value of 0, which would scale the Deployment
-//! down. The demo (`scripts/run.sh`) is run for a few seconds too.
+//! and must never be in an answer. When web-2 stops sending (over either transport), its
+//! series expire at the bridge and leave the rate window; the adapter then answers without it
+//! (`pods/*`), 404 for the named pod and 503 for its queue: never a value of 0, which would
+//! scale the Deployment down. The demo (`scripts/run.sh`) is run for a few seconds too, and
+//! the `kubectl` command it prints is run while it is up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -33,12 +34,12 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use pipeline_tests::hpa::{self, HpaSpec, MetricInput, Recommendation, ScaleTarget};
 use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi, PodFixture, auth_config_data};
-use pipeline_tests::kubectl::{CurlOptions, curl, run_command};
+use pipeline_tests::kubectl::{CurlOptions, Finished, RUN_LIMIT, curl, run_command};
 use pipeline_tests::pki::{ALICE, FRONT_PROXY_CN, Pki, pem};
 use pipeline_tests::util::{bin, scaled, tests_dir};
 use pipeline_tests::{Adapter, Bridge, PATIENCE, Prometheus, eventually, python};
@@ -547,17 +548,15 @@ fn check_labels_at_the_bridge(stack: &Stack, sources: &[&str]) {
         });
 }
 
-#[test]
-fn pipeline_udp_from_pod_addresses_to_hpa_replicas() {
-    let mut stack = Stack::start(Transport::Udp);
-    stack.set_web_load([Some((1.0, 1)); 3]);
-    check_labels_at_the_bridge(&stack, &["ip"]);
-    scale_up_hold_down(&mut stack);
-
-    // Staleness: web-2 goes quiet while web-0 and web-1 are at a third of the target.
+/// web-2 goes quiet and comes back, for every transport: it drops out of `pods/*` and the
+/// external answer, the HPA counts it as a missing pod, the named request is a 404 and its
+/// queue a 503 (never a 200 with a 0), an HPA also reading that invalid metric holds, and once
+/// it sends again it counts again.
+fn staleness_and_invalid_metric(stack: &mut Stack) {
+    // web-2 goes quiet while web-0 and web-1 are at a third of the target.
     let loads = [Some((2.0, 1)), Some((3.0, 1)), None];
     stack.set_web_load(loads);
-    let reading = settle(&stack, "web-2 to drop out of the answers", loads);
+    let reading = settle(stack, "web-2 to drop out of the answers", loads);
     // The HPA still lists web-2 (the pod exists): it is a missing pod. On a scale-down it
     // counts as using the target: (2 + 3 + 10) / 3 = 5/s, ratio 0.5 → ceil(1.5) = 2 (without
     // the rule, ceil(0.25 × 2) = 1). The queue: 2 of 15 → 1.
@@ -602,8 +601,17 @@ fn pipeline_udp_from_pod_addresses_to_hpa_replicas() {
     // web-2 back: its counter starts again (the bridge dropped the old one) and it counts.
     let loads = [Some((2.0, 1)), Some((3.0, 1)), Some((4.0, 1))];
     stack.set_web_load(loads);
-    let reading = settle(&stack, "web-2 back in the answers", loads);
+    let reading = settle(stack, "web-2 back in the answers", loads);
     assert_eq!(decide(&reading, Vec::new()).replicas, 1);
+}
+
+#[test]
+fn pipeline_udp_from_pod_addresses_to_hpa_replicas() {
+    let mut stack = Stack::start(Transport::Udp);
+    stack.set_web_load([Some((1.0, 1)); 3]);
+    check_labels_at_the_bridge(&stack, &["ip"]);
+    scale_up_hold_down(&mut stack);
+    staleness_and_invalid_metric(&mut stack);
 }
 
 #[test]
@@ -612,6 +620,8 @@ fn pipeline_uds_with_container_ids_and_pid_cgroups_to_hpa_replicas() {
     stack.set_web_load([Some((1.0, 1)); 3]);
     check_labels_at_the_bridge(&stack, &["container_id", "uds"]);
     scale_up_hold_down(&mut stack);
+    // web-2 is one of the pods found by its PID's cgroup.
+    staleness_and_invalid_metric(&mut stack);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -654,14 +664,156 @@ fn blocks(stdout: &str) -> Vec<(BTreeMap<String, String>, Option<i32>)> {
     out
 }
 
+/// The demo as a child process whose stdout is read while it runs; killed on drop.
+struct DemoRun {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Option<thread::JoinHandle<Vec<u8>>>,
+    stdout: String,
+}
+
+impl DemoRun {
+    fn spawn(mut cmd: Command) -> DemoRun {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting the demo");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
+            buf
+        });
+        DemoRun {
+            child,
+            lines,
+            stderr: Some(stderr),
+            stdout: String::new(),
+        }
+    }
+
+    /// The next line it printed; `None` once its stdout is closed.
+    fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => {
+                self.stdout.push_str(&line);
+                self.stdout.push('\n');
+                Some(line)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the demo printed nothing new in time:\n{}", self.stdout)
+            }
+        }
+    }
+
+    /// Reads the rest of its output and waits for it to exit.
+    fn finish(mut self, deadline: Instant) -> Finished {
+        while self.next_line(deadline).is_some() {}
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => panic!("the demo did not exit in time:\n{}", self.stdout),
+                Err(e) => panic!("waiting for the demo: {e}"),
+            }
+        };
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        Finished {
+            command: "demo".to_owned(),
+            status,
+            stdout: std::mem::take(&mut self.stdout),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+}
+
+impl Drop for DemoRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `kubectl …` command the demo printed as a user would paste it into a shell (with
+/// a `HOME` of its own, so nothing of this machine's kubectl setup leaks in).
+fn run_printed_kubectl(command: &str) -> Finished {
+    let home = tempfile::Builder::new()
+        .prefix("demo-kubectl-home-")
+        .tempdir()
+        .expect("a temp dir");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", command])
+        .env("HOME", home.path())
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .current_dir(home.path());
+    run_command("sh", cmd, None, scaled(RUN_LIMIT)).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 #[test]
 fn pipeline_demo_shows_pods_and_replicas() {
     let mut cmd = Command::new(bin("demo"));
     cmd.args(["--duration", "20", "--refresh", "2", "--no-clear"])
         .env_remove("DEMO_DURATION")
         .current_dir(tests_dir());
-    let run = run_command("demo", cmd, None, scaled(Duration::from_secs(300)))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let deadline = Instant::now() + scaled(Duration::from_secs(300));
+    let mut demo = DemoRun::spawn(cmd);
+    // The `kubectl` line it prints at the start, then its first refresh: by then the adapter
+    // serves values.
+    let mut printed = None;
+    loop {
+        let Some(line) = demo.next_line(deadline) else {
+            let run = demo.finish(deadline);
+            panic!("the demo ended before its first refresh: {run}");
+        };
+        if let Some(rest) = line.strip_prefix("kubectl ") {
+            printed = Some(rest.trim().to_owned());
+        }
+        if line.starts_with("── ") {
+            break;
+        }
+    }
+    let printed = printed.unwrap_or_else(|| panic!("no kubectl command:\n{}", demo.stdout));
+    assert!(
+        printed.starts_with("kubectl --kubeconfig ") && printed.contains(" get --raw "),
+        "{printed}"
+    );
+    // The printed command works: the demo's kube-apiserver lets its user read the metrics.
+    let kubectl = run_printed_kubectl(&printed);
+    let answer: Value = serde_json::from_str(kubectl.ok_stdout().unwrap_or_else(|e| {
+        panic!(
+            "the printed command failed: {e:#}\ndemo so far:\n{}",
+            demo.stdout
+        )
+    }))
+    .unwrap_or_else(|e| panic!("the printed command printed no JSON ({e}): {kubectl}"));
+    assert_eq!(answer["kind"], "MetricValueList", "{answer}");
+    let values = hpa::pod_metrics(&answer).unwrap_or_else(|e| panic!("{e:#}: {answer}"));
+    assert!(
+        values.keys().all(|p| WEB.contains(&p.as_str())),
+        "only web pods are selected: {answer}"
+    );
+
+    let run = demo.finish(deadline);
     assert!(run.success(), "{run}");
     let stdout = &run.stdout;
     let blocks = blocks(stdout);

@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use pipeline_tests::hpa::{self, HpaSpec, MetricInput, ScaleTarget};
 use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi, auth_config_data};
 use pipeline_tests::kubectl::{CurlOptions, curl};
-use pipeline_tests::pki::{FRONT_PROXY_CN, Pki, pem};
+use pipeline_tests::pki::{ALICE, FRONT_PROXY_CN, Pki, pem};
 use pipeline_tests::promadapter::Leash;
 use pipeline_tests::util::{find_program, tests_dir};
 use pipeline_tests::{Adapter, Bridge, Prometheus};
@@ -240,12 +240,15 @@ fn bridge_config() -> String {
     toml
 }
 
-/// The fake kube-apiserver's policy: the HPA controller may read the metrics; nobody else.
+/// The fake kube-apiserver's policy: the HPA controller may read the metrics, and so may
+/// [`ALICE`], the user of the `kubectl` command the demo prints; nobody else.
 fn policy(review: &AccessReview) -> Decision {
     if review.user == HPA_USER {
         Decision::allow("the HPA controller reads the metrics APIs")
+    } else if review.user == ALICE {
+        Decision::allow("alice reads the metrics with the kubectl command the demo prints")
     } else {
-        Decision::no_opinion("only the HPA controller is allowed in the demo")
+        Decision::no_opinion("only the HPA controller and alice are allowed in the demo")
     }
 }
 
@@ -336,6 +339,8 @@ fn run(options: &Options) -> Result<()> {
         adapter.addr(),
         pki.serving_ca.display()
     );
+    // As alice (her client certificate, which the policy above allows), the way a user reads
+    // the API; tests/pipeline.rs runs this line.
     println!(
         "kubectl        kubectl --kubeconfig {} get --raw '{}'",
         adapter.kubectl().kubeconfig().display(),
