@@ -5,9 +5,11 @@
 //!   `[[adapter.backends]]` and rules on each. `kubectl get --raw` reads both; with
 //!   VictoriaMetrics stopped its metrics answer 503 while Prometheus' are still served and
 //!   discovery still lists both; restarted, its metrics come back.
-//! - Forwarding: a second adapter serves an external metric the first has no rule for; the
-//!   first relays requests for it (same path and query), merges its discovery list, passes
-//!   its 404 `Status` through, and answers 503 naming it once it is gone.
+//! - Forwarding: a second adapter serves external metrics the first has no rule for; the
+//!   first relays requests for them (same path and query), merges its discovery list (its own
+//!   rule wins a name both serve), passes the upstream's error `Status` (a 503 naming the
+//!   upstream's backend) through as it is, and answers 503 naming the upstream once it is
+//!   gone.
 //!
 //! Each test owns its processes (nothing is shared), so they are dropped with the test.
 
@@ -237,19 +239,35 @@ fn two_backends_serve_their_own_metrics_and_fail_alone() {
     assert_eq!(listed(&adapter).unwrap(), all);
 }
 
-/// The upstream: a plain adapter with an external rule the front adapter lacks.
-const UPSTREAM_RULES: &str = r#"
-externalRules:
-- seriesQuery: '{__name__="keda_queue",queue!=""}'
-  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)'
+/// The upstream: a plain adapter on a backend of its own name, `keda-prom`, with external
+/// rules the front adapter lacks (`keda_queue`; `keda_broken`, whose metricsQuery Prometheus
+/// can't parse, so the upstream answers its own 503 naming its backend) and one the front
+/// serves too (`shared_queue`, ten times the front's value, so whose answer it is shows).
+const UPSTREAM: &str = r#"version = 1
+[adapter]
+[[adapter.backends]]
+name = "keda-prom"
+url = "PROM_URL"
+[[adapter.external_rules]]
+series_query = '{__name__="keda_queue",queue!=""}'
+metrics_query = 'sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)'
+[[adapter.external_rules]]
+series_query = '{__name__="keda_broken",queue!=""}'
+metrics_query = 'sum(<<.Series>>{<<.LabelMatchers>>}) by (queue) +'
+[[adapter.external_rules]]
+series_query = '{__name__="shared_queue",queue!=""}'
+metrics_query = '10 * sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)'
 "#;
 
-/// The front adapter: its own external rule, and the upstream for the rest.
+/// The front adapter: its own external rules, and the upstream for the rest.
 const FRONT: &str = r#"version = 1
 [adapter]
 prometheus_url = "PROM_URL"
 [[adapter.external_rules]]
 series_query = '{__name__="front_queue",queue!=""}'
+metrics_query = 'sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)'
+[[adapter.external_rules]]
+series_query = '{__name__="shared_queue",queue!=""}'
 metrics_query = 'sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)'
 [adapter.external_upstream]
 url = "UPSTREAM_URL"
@@ -258,6 +276,8 @@ timeout = "10s"
 "#;
 
 const THEIRS: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/keda_queue?labelSelector=queue%3Dorders";
+const BROKEN: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/keda_broken?labelSelector=queue%3Dorders";
+const SHARED: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/shared_queue?labelSelector=queue%3Dorders";
 const OURS: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/front_queue?labelSelector=queue%3Dorders";
 const NOBODY: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/nobody_has_it";
 
@@ -273,17 +293,24 @@ fn external_metrics_are_forwarded_to_another_adapter() {
     let exporter = Exporter::start(vec![
         gauge("front_queue", &queue, 5.0),
         gauge("keda_queue", &queue, 9.0),
+        gauge("keda_broken", &queue, 2.0),
+        gauge("shared_queue", &queue, 4.0),
     ]);
     let prom = Prometheus::start_job("adapter-forwarding", &[exporter.addr()]);
     prom.wait_targets_up(1);
-    eventually("Prometheus to hold both series", PATIENCE, || {
-        ensure!(prom.query("keda_queue")?.len() == 1, "no keda_queue yet");
-        ensure!(prom.query("front_queue")?.len() == 1, "no front_queue yet");
+    eventually("Prometheus to hold every series", PATIENCE, || {
+        for series in ["keda_queue", "keda_broken", "front_queue", "shared_queue"] {
+            ensure!(prom.query(series)?.len() == 1, "no {series} yet");
+        }
         Ok(())
     });
     let dir = tempfile::tempdir().unwrap();
-    let upstream_rules = write(dir.path(), "upstream.yaml", UPSTREAM_RULES);
-    let upstream = Adapter::start(&upstream_rules, &prom.url(), &[]);
+    let upstream_config = write(
+        dir.path(),
+        "upstream.toml",
+        &UPSTREAM.replace("PROM_URL", &prom.url()),
+    );
+    let upstream = Adapter::start_with_backends(&upstream_config, &[]);
     // Its self-signed certificate, kept in its --cert-dir, is the CA the front trusts.
     let ca = upstream.dir().join("certs").join("apiserver.crt");
     let front_config = write(
@@ -300,9 +327,21 @@ fn external_metrics_are_forwarded_to_another_adapter() {
         "the front's discovery to merge the upstream's",
         PATIENCE,
         || {
-            let names = resource_names(&front.get_json(EXTERNAL_V1)?)?;
-            let want: BTreeSet<String> = ["front_queue", "keda_queue"].map(String::from).into();
+            let list = front.get_json(EXTERNAL_V1)?;
+            let names = resource_names(&list)?;
+            let want: BTreeSet<String> =
+                ["front_queue", "keda_broken", "keda_queue", "shared_queue"]
+                    .map(String::from)
+                    .into();
             ensure!(names == want, "listed {names:?}");
+            // The clash is listed once.
+            let shared = list["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["name"] == "shared_queue")
+                .count();
+            ensure!(shared == 1, "shared_queue listed {shared} times: {list}");
             Ok(())
         },
     );
@@ -315,19 +354,35 @@ fn external_metrics_are_forwarded_to_another_adapter() {
     );
     assert_eq!(relayed["items"][0]["metricName"], "keda_queue");
 
-    // The upstream's own 404 Status comes back as it is.
-    let status = expect_status(&front, NOBODY, 404, "NotFound");
-    let direct = expect_status(&upstream, NOBODY, 404, "NotFound");
-    assert_eq!(status, direct);
+    // A name both serve: ours wins (4), though the upstream lists it and answers 40.
+    wait_value(&upstream, SHARED, "40");
+    wait_value(&front, SHARED, "4");
+
+    // The upstream's own error Status comes back as it is: a 503 naming the upstream's
+    // backend (`keda-prom`, which the front doesn't have), not one the front makes up.
+    let direct = expect_status(&upstream, BROKEN, 503, "ServiceUnavailable");
+    let direct_message = direct["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        direct_message.contains("backend `keda-prom`"),
+        "the upstream's own answer: {direct}"
+    );
+    let status = expect_status(&front, BROKEN, 503, "ServiceUnavailable");
+    assert_eq!(status, direct, "the front must relay the upstream's Status");
+    // A metric nobody has: 404 (both adapters would word it the same).
+    expect_status(&front, NOBODY, 404, "NotFound");
 
     let upstream_url = format!("https://{}", upstream.addr());
     drop(upstream);
-    let status = expect_status(&front, THEIRS, 503, "ServiceUnavailable");
-    let message = status["message"].as_str().unwrap_or_default();
-    assert!(
-        message.starts_with(&format!("external metrics upstream {upstream_url}")),
-        "{status}"
-    );
-    // Ours doesn't need the upstream.
+    for path in [THEIRS, BROKEN] {
+        let status = expect_status(&front, path, 503, "ServiceUnavailable");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("external metrics upstream {upstream_url}")),
+            "GET {path}: {status}"
+        );
+        assert_ne!(message, direct_message, "{status}");
+    }
+    // Ours don't need the upstream.
     wait_value(&front, OURS, "5");
+    wait_value(&front, SHARED, "4");
 }
