@@ -2036,6 +2036,84 @@ fn manifests_external_prometheus_overlay_drops_the_bundled_one_and_repoints_the_
     }
 }
 
+/// The name of the APIService `deploy/overlays/resource-metrics` adds (metrics-server's).
+const RESOURCE_METRICS_API: &str = "v1beta1.metrics.k8s.io";
+
+#[test]
+fn manifests_resource_metrics_overlay_registers_metrics_k8s_io_with_the_adapter() {
+    let base = kustomize("deploy/base");
+    let overlay = kustomize("deploy/overlays/resource-metrics");
+    // Only the overlay takes metrics.k8s.io over: applying base must leave metrics-server's.
+    assert!(
+        base.try_get("APIService", "", RESOURCE_METRICS_API)
+            .is_none(),
+        "deploy/base must not register {RESOURCE_METRICS_API}"
+    );
+    let api = overlay.get("APIService", "", RESOURCE_METRICS_API);
+    assert_eq!(api["apiVersion"], "apiregistration.k8s.io/v1", "{api}");
+    let s = &api["spec"];
+    assert_eq!(
+        (&s["group"], &s["version"]),
+        (&json!("metrics.k8s.io"), &json!("v1beta1")),
+        "{api}"
+    );
+    // Pointing at the adapter's Service, on the port that leads to its HTTPS port.
+    assert_eq!(
+        (
+            &s["service"]["name"],
+            &s["service"]["namespace"],
+            &s["service"]["port"]
+        ),
+        (&json!("prom-adapter"), &json!(NAMESPACE), &json!(443)),
+        "{api}"
+    );
+    let svc = overlay.get("Service", NAMESPACE, "prom-adapter");
+    let deploy = overlay.get("Deployment", NAMESPACE, "prom-adapter");
+    assert!(
+        selects(
+            &svc["spec"]["selector"],
+            &deploy["spec"]["template"]["metadata"]["labels"]
+        ),
+        "{} must select the adapter's pods",
+        id(svc)
+    );
+    let port = svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["port"] == 443)
+        .unwrap_or_else(|| panic!("{} has no port 443", id(svc)));
+    let target = resolve_port(deploy, &port["targetPort"]).map(|p| p["containerPort"].clone());
+    let secure_port: u64 = flag(container_named(deploy, "prom-adapter"), "--secure-port")
+        .parse()
+        .expect("a port number");
+    assert_eq!(target, Some(json!(secure_port)), "{}", id(svc));
+    assert_eq!(s["insecureSkipTLSVerify"], true, "as the base's: {api}");
+    assert!(
+        s["groupPriorityMinimum"].as_u64().is_some() && s["versionPriority"].as_u64().is_some(),
+        "{api}"
+    );
+    // The base's three APIServices are there unchanged: the overlay adds the fourth.
+    let names = |b: &Build| -> BTreeSet<String> {
+        b.all("APIService")
+            .into_iter()
+            .map(|a| name(a).to_owned())
+            .collect()
+    };
+    let mut want = names(&base);
+    assert_eq!(want.len(), 3, "deploy/base: {want:?}");
+    want.insert(RESOURCE_METRICS_API.to_owned());
+    assert_eq!(names(&overlay), want);
+    for a in base.all("APIService") {
+        assert_eq!(
+            overlay.try_get("APIService", "", name(a)),
+            Some(a),
+            "APIService {} differs from deploy/base",
+            name(a)
+        );
+    }
+}
+
 #[test]
 fn manifests_cert_manager_overlay_issues_the_adapters_serving_certificate() {
     let build = kustomize("deploy/overlays/cert-manager");
