@@ -59,6 +59,9 @@ const K8S_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 const UNKNOWN_KINDS: &[(&str, &str)] = &[
     ("cert-manager.io/v1", "Certificate"),
     ("cert-manager.io/v1", "Issuer"),
+    // Ours (deploy/prom-adapter/crd-prometheusmetric.yaml): checked against that CRD's
+    // schema in `manifests_prometheus_metric_crd_rbac_and_example`.
+    ("prom-adapter.io/v1alpha1", "PrometheusMetric"),
 ];
 
 /// The pipeline's namespace.
@@ -95,6 +98,7 @@ const NAMESPACED_KINDS: &[&str] = &[
     "HorizontalPodAutoscaler",
     "Certificate",
     "Issuer",
+    "PrometheusMetric",
 ];
 
 /// Cluster-scoped kinds.
@@ -103,6 +107,7 @@ const CLUSTER_KINDS: &[&str] = &[
     "ClusterRole",
     "ClusterRoleBinding",
     "APIService",
+    "CustomResourceDefinition",
 ];
 
 /// Our own images (built from the repository's Dockerfile; a kustomize `images:` entry
@@ -959,7 +964,12 @@ fn adapter_runs_with(args: &[&str], rules: &str, tls: Option<(&Path, &Path, &Pat
         let Some((flag_, value)) = arg.split_once('=') else {
             // A switch (`--insecure-dev`): no file or port in it.
             assert!(
-                matches!(*arg, "--insecure-dev" | "--authentication-skip-lookup"),
+                matches!(
+                    *arg,
+                    "--insecure-dev"
+                        | "--authentication-skip-lookup"
+                        | "--watch-prometheus-metrics"
+                ),
                 "{what}: write the adapter's args as --flag=value: {arg}"
             );
             local.push((*arg).to_owned());
@@ -980,6 +990,15 @@ fn adapter_runs_with(args: &[&str], rules: &str, tls: Option<(&Path, &Path, &Pat
     }
     local.push("--bind-address=127.0.0.1".to_owned());
     local.push(format!("--ready-file={}", ready.display()));
+    // Watching PrometheusMetric objects needs a cluster: a fake one, as in a pod.
+    let _cluster = args.contains(&"--watch-prometheus-metrics").then(|| {
+        let fake = FakeKubeApi::start_with_objects();
+        let kubeconfig = fake
+            .write_kubeconfig(dir.path())
+            .expect("writing the fake's kubeconfig");
+        local.push(format!("--lister-kubeconfig={}", kubeconfig.display()));
+        fake
+    });
     if !args.contains(&"--insecure-dev") {
         local.push("--insecure-dev".to_owned());
     }
@@ -2791,4 +2810,132 @@ fn manifests_dockerfile_builds_both_images_with_the_pinned_toolchain() {
             }
         }
     }
+}
+
+/// The PrometheusMetric CRD is what prom-adapter watches (group, version, kind, plural,
+/// namespaced, a status subresource), its RBAC lets the adapter read the objects, write
+/// their status and list the HPAs, the Deployment turns the watch on, `/status` and
+/// `/explain` are granted to the adapter's own account, and the example object fits the
+/// CRD's schema (kubernetes-validate has none for it, see [`UNKNOWN_KINDS`]).
+#[test]
+fn manifests_prometheus_metric_crd_rbac_and_example() {
+    let base = kustomize("deploy/base");
+    let crd = base.get(
+        "CustomResourceDefinition",
+        "",
+        "prometheusmetrics.prom-adapter.io",
+    );
+    let spec = &crd["spec"];
+    assert_eq!(spec["group"], "prom-adapter.io");
+    assert_eq!(spec["scope"], "Namespaced");
+    assert_eq!(spec["names"]["kind"], "PrometheusMetric");
+    assert_eq!(spec["names"]["plural"], "prometheusmetrics");
+    let version = &spec["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert_eq!(version["subresources"]["status"], json!({}));
+    let schema = &version["schema"]["openAPIV3Schema"]["properties"];
+    let spec_schema = &schema["spec"];
+    assert_eq!(spec_schema["required"], json!(["query"]));
+    for field in [
+        "currentValue",
+        "lastUpdateTime",
+        "autoscalerReferences",
+        "conditions",
+    ] {
+        assert!(
+            schema["status"]["properties"][field].is_object(),
+            "status.{field} is in the schema"
+        );
+    }
+
+    let deploy = base.get("Deployment", NAMESPACE, "prom-adapter");
+    let c = container_named(deploy, "prom-adapter");
+    assert!(
+        c["args"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("--watch-prometheus-metrics"))),
+        "the Deployment watches PrometheusMetric objects: {}",
+        c["args"]
+    );
+    let account = deploy["spec"]["template"]["spec"]["serviceAccountName"].clone();
+    let granted = |api_group: &str, resource: &str, verb: &str| {
+        base.all("ClusterRoleBinding").into_iter().any(|binding| {
+            let bound = binding["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    s["kind"] == "ServiceAccount"
+                        && s["name"] == account
+                        && s["namespace"] == NAMESPACE
+                });
+            let role = base.try_get(
+                "ClusterRole",
+                "",
+                binding["roleRef"]["name"].as_str().unwrap_or_default(),
+            );
+            bound
+                && role.is_some_and(|r| {
+                    r["rules"].as_array().into_iter().flatten().any(|rule| {
+                        let has = |key: &str, want: &str| {
+                            rule[key]
+                                .as_array()
+                                .is_some_and(|v| v.contains(&json!(want)))
+                        };
+                        if api_group == "nonResource" {
+                            has("nonResourceURLs", resource) && has("verbs", verb)
+                        } else {
+                            has("apiGroups", api_group)
+                                && has("resources", resource)
+                                && has("verbs", verb)
+                        }
+                    })
+                })
+        })
+    };
+    for (group, resource, verb) in [
+        ("prom-adapter.io", "prometheusmetrics", "list"),
+        ("prom-adapter.io", "prometheusmetrics", "watch"),
+        ("prom-adapter.io", "prometheusmetrics/status", "patch"),
+        ("autoscaling", "horizontalpodautoscalers", "list"),
+        ("autoscaling", "horizontalpodautoscalers", "watch"),
+        ("nonResource", "/status", "get"),
+        ("nonResource", "/explain", "get"),
+    ] {
+        assert!(
+            granted(group, resource, verb),
+            "the adapter may {verb} {group} {resource}"
+        );
+    }
+
+    let example = kustomize("deploy/example");
+    let object = example.get("PrometheusMetric", EXAMPLE_NAMESPACE, "orders-backlog");
+    let fields = object["spec"].as_object().expect("spec");
+    let allowed = spec_schema["properties"]
+        .as_object()
+        .expect("spec properties");
+    for (key, value) in fields {
+        assert!(
+            allowed.contains_key(key),
+            "spec.{key} is not in the CRD's schema"
+        );
+        assert!(value.is_string(), "spec.{key} is a string");
+    }
+    for key in ["maxAge", "refresh"] {
+        let d = object["spec"][key].as_str().expect("a duration");
+        let digits_then_unit = d
+            .trim_end_matches(['s', 'm', 'h', 'd'])
+            .chars()
+            .all(|c| c.is_ascii_digit());
+        assert!(
+            !d.is_empty() && digits_then_unit,
+            "spec.{key} {d:?} fits the CRD's pattern"
+        );
+    }
+    assert!(
+        !object["spec"]["query"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+    );
 }

@@ -109,6 +109,16 @@ pub struct Cli {
     #[arg(long)]
     pub insecure_dev: bool,
 
+    /// Watch `PrometheusMetric` objects (prom-adapter.io/v1alpha1, the CRD in deploy/) and
+    /// serve each as a named query in its namespace, writing its status back. Needs a
+    /// cluster (--lister-kubeconfig or in a pod).
+    #[arg(long)]
+    pub watch_prometheus_metrics: bool,
+
+    /// How many named queries may run at once. Default: 4.
+    #[arg(long, value_name = "N")]
+    pub query_concurrency: Option<usize>,
+
     /// CA bundle that signs kube-apiserver's front-proxy client certificate. Default: the
     /// kube-system/extension-apiserver-authentication ConfigMap.
     #[arg(long, value_name = "FILE")]
@@ -425,6 +435,10 @@ impl Cli {
             a.cert_reload_interval = d;
         }
         a.insecure_dev |= self.insecure_dev;
+        a.watch_prometheus_metrics |= self.watch_prometheus_metrics;
+        if let Some(n) = self.query_concurrency {
+            a.query_concurrency = n;
+        }
         a.authentication_skip_lookup |= self.authentication_skip_lookup;
         let strings = [
             (
