@@ -1146,5 +1146,12 @@ backend = "thanos"
         let names: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, vec!["prometheus", "thanos"]);
         assert!(cfg.external_upstream.is_some());
+        let queries: Vec<(&str, Option<&str>)> = cfg
+            .rules
+            .queries
+            .iter()
+            .map(|q| (q.name.as_str(), q.backend.as_deref()))
+            .collect();
+        assert_eq!(queries, [("queue_depth", Some("thanos"))]);
     }
 }
