@@ -430,18 +430,46 @@ fn a_static_table_labels_senders_without_kubernetes() {
             Ok(())
         },
     );
-    bridge
-        .send_tcp(b"over.tcp:1|c\n")
-        .expect("sending over TCP");
+    // TCP senders are told apart by their peer address too, every line of the connection.
+    let tcp: [(&str, &[(&str, &str)]); 3] = [
+        ("127.0.1.7", &[("namespace", "lab"), ("pod", "bench-7")]),
+        ("127.0.1.8", &[("namespace", "lab")]),
+        ("127.0.0.1", &[]),
+    ];
+    for (source, _) in tcp {
+        send_tcp_from(&bridge, source, b"over.tcp:1|c\nover.tcp:2|c\n")
+            .unwrap_or_else(|e| panic!("sending over TCP from {source}: {e:#}"));
+    }
     eventually(
-        "TCP from 127.0.0.1 (outside the table) to be unlabelled",
+        "TCP senders labelled by the table's entry for their address",
         PATIENCE,
         || {
             let m = bridge.metrics_map()?;
-            get(&m, &key("over_tcp", &[]))?;
+            for (source, labels) in tcp {
+                let k = key("over_tcp", labels);
+                ensure!(get(&m, &k)? == 3.0, "from {source}: {k}");
+            }
             Ok(())
         },
     );
+}
+
+/// Writes `bytes` to the bridge's TCP listener from a socket bound to `source` (a "pod's"
+/// loopback address), then closes it.
+fn send_tcp_from(bridge: &Bridge, source: &str, bytes: &[u8]) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let mut stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(ip(source), 0))?;
+        let stream = socket.connect(bridge.tcp_addr()).await?;
+        stream.into_std()
+    })?;
+    stream.set_nonblocking(false)?;
+    stream.write_all(bytes)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    Ok(())
 }
 
 /// One line from each of `ips`, each from its own socket bound to that address.
@@ -468,8 +496,11 @@ fn pod_churn_leaves_nothing_behind() {
         ensure!(n >= 1.0, "no series yet");
         Ok(n)
     });
+    let expired =
+        |m: &BTreeMap<String, f64>| self_metric(m, "statsd_bridge_origin_series_expired_total{}");
+    let expired_before = expired(&bridge.metrics_map().expect("metrics"));
+    let mut rss = vec![bridge.rss_bytes().expect("RSS")];
 
-    let mut rss_after = Vec::new();
     for round in 0..2u8 {
         let ips: Vec<Ipv4Addr> = (0..PODS)
             .map(|i| Ipv4Addr::new(127, 10 + round, (i / 250) as u8, (i % 250 + 1) as u8))
@@ -498,8 +529,11 @@ fn pod_churn_leaves_nothing_behind() {
             fake.delete_pod("churn", &format!("pod-{round}-{i}"))
                 .expect("pod exists");
         }
+        // Exactly the level before any churn: every churned pod's series went, and went as
+        // a deleted pod's (one each, so none was left unlabelled), and the index is empty.
+        let swept = PODS as f64 * f64::from(round + 1);
         eventually(
-            "the series and the index back to the baseline",
+            "the series and the index back to the level before any churn",
             PATIENCE,
             || {
                 let m = bridge.metrics_map()?;
@@ -509,19 +543,20 @@ fn pod_churn_leaves_nothing_behind() {
                     self_metric(&m, "statsd_bridge_origin_pods{}") == 0.0,
                     "pods left"
                 );
+                let gone = expired(&m) - expired_before;
+                ensure!(gone == swept, "{gone} pod series expired, {swept} churned");
                 Ok(())
             },
         );
-        rss_after.push(bridge.rss_bytes().expect("RSS"));
+        rss.push(bridge.rss_bytes().expect("RSS"));
     }
-    // Memory freed by the first round is reused by the second: the bridge doesn't grow
-    // with churn (a leak of 1,000 pods' series and index entries would show here).
-    let (first, second) = (rss_after[0] as f64, rss_after[1] as f64);
-    eprintln!("RSS after churn round 1: {first:.0} B, round 2: {second:.0} B");
-    assert!(
-        second <= first * 1.10 + 4.0 * 1024.0 * 1024.0,
-        "RSS grew from {first} to {second} bytes over a second round of churn"
-    );
+    // Memory is checked by those exact counts, not by RSS: a leak of the churned pods'
+    // series and index entries (about 1 KB a pod, 1 MB a round) is smaller than what the
+    // allocator keeps of the first round's peak with nothing leaked (RSS rose 2.9 MB over
+    // it, 16.0 → 18.9 MB), so no RSS bound against the level before churn could both hold
+    // and catch it. The heap itself is counted exactly, over 20,000 churned pods, by
+    // statsd-bridge/tests/churn_heap.rs.
+    eprintln!("RSS before churn, after round 1, after round 2: {rss:?} bytes");
 }
 
 #[test]

@@ -231,8 +231,9 @@ fn watched_files(cfg: &Config) -> Vec<(std::path::PathBuf, Option<std::time::Sys
         .collect()
 }
 
-/// Removes the series of pods deleted `pod_ttl` ago; returns how many went.
-fn expire_deleted_pods(store: &Store, origin: &Origin, now: std::time::Instant) -> usize {
+/// Removes the series of pods deleted `pod_ttl` ago; returns how many went. The sweeper
+/// runs it every second (public for the churn test, `tests/churn_heap.rs`).
+pub fn expire_deleted_pods(store: &Store, origin: &Origin, now: std::time::Instant) -> usize {
     let gone = origin.take_expired(now);
     if gone.is_empty() {
         return 0;

@@ -243,7 +243,11 @@ mod tests {
                 "podIP": "10.1.0.11", "podIPs": [{"ip": "10.1.0.11"}, {"ip": "fd00::11"}],
                 "containerStatuses": [{"name": "app", "containerID": "containerd://ABC", "image": "i", "imageID": "", "ready": true, "restartCount": 0}],
                 "initContainerStatuses": [{"name": "init", "containerID": "containerd://def", "image": "i", "imageID": "", "ready": false, "restartCount": 0}],
-                "ephemeralContainerStatuses": [{"name": "debug", "image": "i", "imageID": "", "ready": false, "restartCount": 0}]
+                // `kubectl debug`'s container, running, and one still waiting (no ID yet).
+                "ephemeralContainerStatuses": [
+                    {"name": "debug", "containerID": "cri-o://0FF1CE", "image": "i", "imageID": "", "ready": false, "restartCount": 0},
+                    {"name": "debug-2", "image": "i", "imageID": "", "ready": false, "restartCount": 0}
+                ]
             }
         }))
         .unwrap();
@@ -269,7 +273,17 @@ mod tests {
             ]
         );
         assert_eq!(r.host_ips, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
-        assert_eq!(r.containers, ["abc", "def"]);
+        assert_eq!(r.containers, ["abc", "def", "0ff1ce"]);
+        // A `|c:` naming the ephemeral container finds the pod: it sends from a debug shell.
+        let mut index = crate::origin::index::PodIndex::new(names.clone(), Duration::ZERO);
+        index.upsert(r.clone());
+        assert!(
+            matches!(
+                index.lookup_container("0ff1ce"),
+                crate::origin::Lookup::Hit(_)
+            ),
+            "the ephemeral container isn't indexed"
+        );
         assert_eq!(
             r.labels,
             [

@@ -669,6 +669,53 @@ mod tests {
         );
     }
 
+    /// `|c:in-<inode>` (DogStatsD 1.4, cgroup v2) names the sender's cgroup directory by its
+    /// inode: the walk of the cgroup tree finds its container, or its pod when the container
+    /// isn't in the pod's status yet; anything else leaves the datagram's sender standing.
+    #[test]
+    fn a_cgroup_inode_field_names_the_container_or_its_pod() {
+        use std::os::unix::fs::MetadataExt;
+        const UID: &str = "3c1f6f5e-8a5e-4f1b-9e0d-2b7c5a9e4d21";
+        let root = tempfile::tempdir().unwrap();
+        let pod_dir = root.path().join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            UID.replace('-', "_")
+        ));
+        let known = pod_dir.join(format!("cri-containerd-{ID}.scope"));
+        let not_in_status = pod_dir.join(format!("cri-containerd-{}.scope", "e".repeat(64)));
+        let not_a_pod = root.path().join("system.slice/containerd.service");
+        for dir in [&known, &not_in_status, &not_a_pod] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let inode = |dir: &std::path::Path| std::fs::metadata(dir).unwrap().ino();
+        let origin = Arc::new(Origin::new(&Settings {
+            cgroup_root: root.path().to_owned(),
+            ..settings(kube(), false)
+        }));
+        origin.pods().unwrap().update(|i| {
+            i.upsert(pod(UID, "web-1", "10.1.0.11"));
+            i.upsert(PodRecord {
+                containers: vec!["f".repeat(64)],
+                ..pod("u2", "worker-0", "10.1.0.12")
+            });
+        });
+        let cases = [
+            (format!("a:1|c|c:in-{}", inode(&known)), "web-1"),
+            (format!("b:1|c|c:in-{}", inode(&not_in_status)), "web-1"),
+            (format!("c:1|c|c:in-{}", inode(&pod_dir)), "web-1"),
+            (format!("d:1|c|c:in-{}", inode(&not_a_pod)), "worker-0"),
+            (format!("e:1|c|c:in-{}", u64::MAX), "worker-0"),
+            ("f:1|c|c:in-x".to_owned(), "worker-0"),
+        ];
+        let lines: Vec<&str> = cases.iter().map(|(l, _)| l.as_str()).collect();
+        let want: Vec<String> = cases
+            .iter()
+            .map(|(l, pod)| format!("{}{{app=web,namespace=shop,pod={pod}}}", &l[..1]))
+            .collect();
+        let from = Sender::Ip("10.1.0.12".parse().unwrap());
+        assert_eq!(ingest(&origin, from, &lines), want);
+    }
+
     #[test]
     fn cursors_see_index_changes_and_count_lookups() {
         let origin = Arc::new(Origin::new(&settings(kube(), false)));
