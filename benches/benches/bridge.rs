@@ -4,9 +4,11 @@
 //! series) per second; compare them with `parse/baseline_split`, which only splits lines
 //! and finds the `|` fields, the floor any parser pays.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -18,6 +20,71 @@ use statsd_bridge::mapping::NativeSpec;
 use statsd_bridge::mapping::{Mapper, MapperHandle, MatchMetricType, Resolver, yaml};
 use statsd_bridge::origin::{self, Origin, Sender, index::PodRecord};
 use statsd_bridge::protocol::{ParseOptions, lines, parse_line};
+
+/// The system allocator, counting the heap bytes freed (less any allocated) while
+/// [`COUNTING`] is on, for the memory figures: what dropping a store frees is what it held.
+/// Off, it costs a relaxed load per call, so the timings are the system allocator's.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static FREED: AtomicIsize = AtomicIsize::new(0);
+
+fn count_freed(bytes: isize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        FREED.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is
+// added.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            count_freed(-(layout.size() as isize));
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            count_freed(-(layout.size() as isize));
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count_freed(layout.size() as isize);
+        // SAFETY: `ptr` came from this allocator with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from this allocator with this layout.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            count_freed(layout.size() as isize - new_size as isize);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The heap bytes `store` holds (as requested; malloc's own per-block overhead is not
+/// counted): what dropping it frees.
+fn heap_of(store: Store) -> isize {
+    FREED.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    drop(store);
+    COUNTING.store(false, Ordering::Relaxed);
+    FREED.load(Ordering::Relaxed)
+}
 
 /// A mix of typical DogStatsD lines: plain, sampled, tagged, packed, timers, sets.
 fn typical_lines() -> Vec<String> {
@@ -167,7 +234,8 @@ fn encode(c: &mut Criterion) {
 }
 
 /// Timers into classic buckets only, and into classic plus native (factor 1.1): the cost of
-/// native buckets per observation, and of the protobuf page against the text one.
+/// native buckets per observation and per series (heap bytes, counted by the allocator), and
+/// of the protobuf page against the text one.
 fn native(c: &mut Criterion) {
     // 1 ms to 10 s, spread log-uniformly as latencies are.
     let lines: Vec<String> = (0..1000)
@@ -181,17 +249,12 @@ fn native(c: &mut Criterion) {
         .collect();
     let opts = ParseOptions::default();
     let now = Instant::now();
-    // Memory per series, printed with the timings: a latency spread over four decades.
+    // Buckets a timer series spread over four decades holds, printed with the memory figures.
     let mut h = NativeHistogram::new(&NativeOptions::from_factor(1.1, 0, None).expect("factor"));
     for i in 0..200 {
         h.observe(10f64.powf(f64::from(i) / 50.0) / 1000.0, 1.0);
     }
-    eprintln!(
-        "native: {} buckets, {} heap bytes per series; classic with 11 bounds: {} bytes",
-        h.snapshot().positive.len(),
-        h.heap_bytes(),
-        12 * std::mem::size_of::<f64>()
-    );
+    let buckets = h.snapshot().positive.len();
     let mut g = c.benchmark_group("native");
     g.throughput(Throughput::Elements(lines.len() as u64));
     for (name, factor) in [
@@ -216,28 +279,44 @@ fn native(c: &mut Criterion) {
         });
     }
     g.finish();
-    // 10,000 timer series of 200 observations each, served as text and as protobuf.
+    // 10,000 timer series of 200 observations each (1 ms to 10 s), served as text and as
+    // protobuf; and the heap each series takes, classic only and with native buckets.
+    let timers = |factor: Option<f64>, series: usize| {
+        let cfg = StoreConfig {
+            native: NativeSpec {
+                factor,
+                ..NativeSpec::default()
+            },
+            ..StoreConfig::default()
+        };
+        let store = Store::new(cfg, []);
+        let mut worker = Worker::unmapped(store.config());
+        for series in 0..series {
+            for i in 0..200 {
+                let line = format!(
+                    "t{}:{:.3}|ms|#pod:p{series}",
+                    series % 20,
+                    10f64.powf(f64::from(i) / 50.0)
+                );
+                ingest_line(&store, line.as_bytes(), &opts, &mut worker, now);
+            }
+        }
+        store
+    };
+    let per_series = |factor: Option<f64>| {
+        let empty = heap_of(timers(factor, 0));
+        (heap_of(timers(factor, 10_000)) - empty) as f64 / 10_000.0
+    };
+    let (classic, native) = (per_series(None), per_series(Some(1.1)));
+    eprintln!(
+        "native: heap per timer series (10,000 series, counted by the allocator): classic \
+         only (11 bounds) {classic:.0} B, classic + native ({buckets} buckets) {native:.0} B, \
+         native buckets {:.0} B",
+        native - classic
+    );
     let mut g = c.benchmark_group("native_encode");
     g.throughput(Throughput::Elements(10_000));
-    let cfg = StoreConfig {
-        native: NativeSpec {
-            factor: Some(1.1),
-            ..NativeSpec::default()
-        },
-        ..StoreConfig::default()
-    };
-    let store = Store::new(cfg, []);
-    let mut worker = Worker::unmapped(store.config());
-    for series in 0..10_000 {
-        for i in 0..200 {
-            let line = format!(
-                "t{}:{:.3}|ms|#pod:p{series}",
-                series % 20,
-                10f64.powf(f64::from(i) / 50.0)
-            );
-            ingest_line(&store, line.as_bytes(), &opts, &mut worker, now);
-        }
-    }
+    let store = timers(Some(1.1), 10_000);
     let snapshot = store.snapshot(now);
     g.bench_function("text_10000", |b| {
         b.iter(|| {

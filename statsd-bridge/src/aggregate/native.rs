@@ -205,12 +205,6 @@ impl NativeHistogram {
             negative: self.negative.0.clone(),
         }
     }
-
-    /// Heap bytes held, for the memory figures.
-    pub fn heap_bytes(&self) -> usize {
-        (self.positive.0.capacity() + self.negative.0.capacity())
-            * std::mem::size_of::<(i32, f64)>()
-    }
 }
 
 /// A native histogram at snapshot time.

@@ -519,6 +519,7 @@ mod tests {
             "t:200|ms",
             "t:0|ms",
             "w:1|h|@0.3",
+            "v:1|h|@0.5",
             "s:a|s",
         ] {
             crate::ingest::ingest_line(
@@ -576,12 +577,28 @@ mod tests {
         );
         assert_eq!(h.positive_delta, [1, 0]);
 
-        // 1/0.3 is not a whole weight: the float fields carry it.
+        // 1/0.3 is not a whole weight: the float fields carry it, in the native bucket as in
+        // the count (1 is bucket 0's upper bound, upper bounds being inclusive).
         let w = by_name("w").metric[0].histogram.as_ref().unwrap();
         assert_eq!(w.sample_count, 0);
         assert!((w.sample_count_float - 1.0 / 0.3).abs() < 1e-9);
+        assert_eq!(
+            w.positive_span,
+            [BucketSpan {
+                offset: 0,
+                length: 1
+            }]
+        );
         assert_eq!(w.positive_count.len(), 1);
-        assert!(w.positive_delta.is_empty());
+        assert!(
+            (w.positive_count[0] - 1.0 / 0.3).abs() < 1e-9,
+            "the sample rate's weight in the native bucket: {:?}",
+            w.positive_count
+        );
+        assert!(w.positive_delta.is_empty() && w.zero_count_float == 0.0);
+        // A whole weight (@0.5 counts 2) goes out in the integer fields, native ones too.
+        let v = by_name("v").metric[0].histogram.as_ref().unwrap();
+        assert_eq!((v.sample_count, v.positive_delta.as_slice()), (2, &[2][..]));
     }
 
     fn cfg_native() -> crate::aggregate::native::NativeOptions {

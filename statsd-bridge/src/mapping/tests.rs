@@ -436,6 +436,85 @@ fn native_histogram_options_per_rule_fall_back_to_the_defaults() {
     assert!(err.contains("native_histogram_bucket_factor"), "{err}");
 }
 
+/// `native_histogram_zero_threshold` (the bridge's own key) from either front-end reaches
+/// the observer: the encoded zero bucket has the threshold and holds what it covers (0.5 ms
+/// within 1 ms, 0.5 and 5 ms within 10 ms), and a rule's value wins over the defaults'.
+#[test]
+fn native_zero_thresholds_from_yaml_and_toml_reach_the_zero_bucket() {
+    use crate::aggregate::native::DEFAULT_ZERO_THRESHOLD;
+    use crate::expose::protobuf::{decode_all, encode_protobuf};
+    let from_yaml = |defaults: &str| {
+        let (spec, _) = yaml::parse(
+            &format!(
+                "defaults:\n  observer_type: histogram\n  histogram_options:\n    native_histogram_bucket_factor: 1.1\n{defaults}\
+                 mappings:\n- match: wide.*\n  name: wide\n  histogram_options:\n    native_histogram_zero_threshold: 0.01\n"
+            ),
+            Path::new("mapping.yml"),
+        )
+        .unwrap();
+        (StoreConfig::default(), spec)
+    };
+    let from_toml = |bridge: &str| {
+        let cfg = crate::config::Config::from_toml(
+            &format!(
+                "version = 1\n[bridge]\nnative_histogram_bucket_factor = 1.1\n{bridge}\
+                 [[bridge.mapping]]\nmatch = \"wide.*\"\nname = \"wide\"\n\
+                 histogram_options = {{ native_histogram_zero_threshold = 0.01 }}\n"
+            ),
+            Path::new("pipeline.toml"),
+        )
+        .unwrap();
+        (cfg.store(), cfg.mapping)
+    };
+    let cases = [
+        (
+            "yaml defaults",
+            from_yaml("    native_histogram_zero_threshold: 0.001\n"),
+            (0.001, 1),
+        ),
+        (
+            "[bridge]",
+            from_toml("native_histogram_zero_threshold = 0.001\n"),
+            (0.001, 1),
+        ),
+        ("yaml, no key", from_yaml(""), (DEFAULT_ZERO_THRESHOLD, 0)),
+        ("toml, no key", from_toml(""), (DEFAULT_ZERO_THRESHOLD, 0)),
+    ];
+    for (front_end, (cfg, spec), plain) in cases {
+        let store = Store::new(cfg, []);
+        let handle = Arc::new(MapperHandle::new(Mapper::compile(&spec).unwrap()));
+        let mut worker = Worker::new(handle, 0);
+        let now = Instant::now();
+        for l in ["plain:0.5|ms", "plain:5|ms", "wide.x:0.5|ms", "wide.x:5|ms"] {
+            ingest_line(
+                &store,
+                l.as_bytes(),
+                &ParseOptions::default(),
+                &mut worker,
+                now,
+            );
+        }
+        let mut out = Vec::new();
+        encode_protobuf(&store.snapshot(now), &mut out);
+        let zero_buckets: Vec<(String, f64, u64)> = decode_all(&out)
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let h = f.metric[0].histogram.as_ref().unwrap();
+                (f.name.clone(), h.zero_threshold, h.zero_count)
+            })
+            .collect();
+        assert_eq!(
+            zero_buckets,
+            [
+                ("plain".to_owned(), plain.0, plain.1),
+                ("wide".to_owned(), 0.01, 2)
+            ],
+            "{front_end}"
+        );
+    }
+}
+
 #[test]
 fn label_values_may_be_yaml_numbers() {
     let m = mapper(
