@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HTTP/1 read buffer, and so the largest request head accepted.
 const MAX_BUF_SIZE: usize = 64 * 1024;
+/// The largest HTTP/2 header list accepted, as large as an HTTP/1 head may be. hyper's
+/// default (16 KiB) would refuse over HTTP/2 what HTTP/1 accepts: a front proxy's
+/// `X-Remote-Group` headers for a user in a few hundred groups.
+const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams per connection (hyper's default is 200, and not promised stable).
@@ -164,6 +168,7 @@ pub async fn serve_tls<H, F>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
         .keep_alive_interval(H2_KEEP_ALIVE)
         .keep_alive_timeout(H2_KEEP_ALIVE);
     let http1 = Arc::new(builder.clone().http1_only());

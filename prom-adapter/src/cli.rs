@@ -119,6 +119,16 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub query_concurrency: Option<usize>,
 
+    /// Queries each backend may run at once (requests, discovery and named queries
+    /// together). Default: 32.
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_queries: Option<usize>,
+
+    /// Queries that may wait for a turn per backend; beyond that a request is answered 503
+    /// with Retry-After at once, so a slow backend can't pile up work. Default: 256.
+    #[arg(long, value_name = "N")]
+    pub max_queued_queries: Option<usize>,
+
     /// CA bundle that signs kube-apiserver's front-proxy client certificate. Default: the
     /// kube-system/extension-apiserver-authentication ConfigMap.
     #[arg(long, value_name = "FILE")]
@@ -438,6 +448,12 @@ impl Cli {
         a.watch_prometheus_metrics |= self.watch_prometheus_metrics;
         if let Some(n) = self.query_concurrency {
             a.query_concurrency = n;
+        }
+        if let Some(n) = self.max_concurrent_queries {
+            a.max_concurrent_queries = n;
+        }
+        if let Some(n) = self.max_queued_queries {
+            a.max_queued_queries = n;
         }
         a.authentication_skip_lookup |= self.authentication_skip_lookup;
         let strings = [

@@ -83,6 +83,11 @@ pub struct AdapterConfig {
     pub queries: Vec<Spanned<NamedQuerySpec>>,
     /// How many named queries may run at once (the rest wait their turn).
     pub query_concurrency: usize,
+    /// Queries each backend may run at once (requests, discovery and named queries).
+    pub max_concurrent_queries: usize,
+    /// Queries that may wait for a turn per backend; more are answered 503 with
+    /// `Retry-After` at once, so a slow backend can't pile up unbounded work.
+    pub max_queued_queries: usize,
     /// Watch `PrometheusMetric` objects (the CRD in deploy/) and serve each as a named query
     /// in its namespace, writing its status back.
     pub watch_prometheus_metrics: bool,
@@ -169,6 +174,8 @@ impl Default for AdapterConfig {
             resource_rules: None,
             queries: Vec::new(),
             query_concurrency: 4,
+            max_concurrent_queries: crate::provider::DEFAULT_MAX_CONCURRENT_QUERIES,
+            max_queued_queries: crate::provider::DEFAULT_MAX_QUEUED_QUERIES,
             watch_prometheus_metrics: false,
             tls_cert_file: String::new(),
             tls_private_key_file: String::new(),
@@ -482,6 +489,13 @@ impl Config {
             .collect();
         let queries = rules::named::compile_list(queries, path, "adapter.queries", &rules.queries)?;
         rules.queries.extend(queries);
+        if adapter.max_concurrent_queries == 0 {
+            return Err(at(
+                0..0,
+                "max_concurrent_queries",
+                "must be at least 1".into(),
+            ));
+        }
         if adapter.query_concurrency == 0 {
             return Err(at(0..0, "query_concurrency", "must be at least 1".into()));
         }

@@ -330,7 +330,11 @@ pub async fn run(
         Arc::clone(&metrics),
         cfg.max_age,
     )
-    .with_status_info(&urls, cfg.relist_interval);
+    .with_status_info(&urls, cfg.relist_interval)
+    .with_query_limits(
+        cfg.adapter.max_concurrent_queries,
+        cfg.adapter.max_queued_queries,
+    );
     let mut ready_check: Option<server::ReadyCheck> = None;
     if let Some(cache) = objects {
         let synced = cache.clone();

@@ -75,6 +75,7 @@ struct Backend<P> {
     api: P,
     inflight: std::sync::Mutex<HashMap<String, InflightQuery>>,
     health: std::sync::Mutex<Health>,
+    admission: Admission,
 }
 
 /// A backend's recent calls, for `/status`.
@@ -137,9 +138,67 @@ type SeriesQueries = Vec<((Option<String>, String), Vec<usize>)>;
 type InflightQuery = tokio::sync::watch::Receiver<Option<Result<QueryResult, PromError>>>;
 
 fn backend_error(backend: &str, e: &PromError) -> ApiError {
-    ApiError::Unavailable(format!(
-        "unable to fetch metrics from Prometheus backend `{backend}`: {e}"
-    ))
+    let message = format!("unable to fetch metrics from Prometheus backend `{backend}`: {e}");
+    match e {
+        PromError::Overloaded { .. } => ApiError::Overloaded(message),
+        _ => ApiError::Unavailable(message),
+    }
+}
+
+/// Queries one backend may run at once by default.
+pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 32;
+/// Queries that may wait for a turn by default; more are refused at once (503, `Retry-After`).
+pub const DEFAULT_MAX_QUEUED_QUERIES: usize = 256;
+
+/// A backend's admission: at most `permits` calls at once and `max_queued` waiting.
+#[derive(Debug)]
+struct Admission {
+    permits: tokio::sync::Semaphore,
+    running: usize,
+    queued: std::sync::atomic::AtomicUsize,
+    max_queued: usize,
+}
+
+impl Admission {
+    fn new(running: usize, max_queued: usize) -> Admission {
+        Admission {
+            permits: tokio::sync::Semaphore::new(running.max(1)),
+            running: running.max(1),
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            max_queued,
+        }
+    }
+
+    /// A turn now, after a wait in the bounded queue, or a refusal when that queue is full.
+    /// `waiting` shows the queue's length.
+    async fn admit(
+        &self,
+        waiting: &prometheus::IntGauge,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, PromError> {
+        use std::sync::atomic::Ordering;
+        let refused = || PromError::Overloaded {
+            running: self.running,
+            queued: self.max_queued,
+        };
+        if let Ok(permit) = self.permits.try_acquire() {
+            return Ok(permit);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(refused());
+        }
+        /// Leaves the queue however the wait ends, cancellation included.
+        struct Leave<'a>(&'a std::sync::atomic::AtomicUsize, &'a prometheus::IntGauge);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                self.1.dec();
+            }
+        }
+        waiting.inc();
+        let _leave = Leave(&self.queued, waiting);
+        self.permits.acquire().await.map_err(|_| refused())
+    }
 }
 
 fn bad_selector(param: &str, e: impl std::fmt::Display) -> ApiError {
@@ -184,6 +243,10 @@ impl<P: PromApi> Provider<P> {
                 api,
                 inflight: std::sync::Mutex::new(HashMap::new()),
                 health: std::sync::Mutex::new(Health::default()),
+                admission: Admission::new(
+                    DEFAULT_MAX_CONCURRENT_QUERIES,
+                    DEFAULT_MAX_QUEUED_QUERIES,
+                ),
             })
             .collect();
         let named = named::Cache::new(&rules.queries, Instant::now());
@@ -207,6 +270,15 @@ impl<P: PromApi> Provider<P> {
         };
         provider.publish_counts();
         provider
+    }
+
+    /// Bounds each backend's queries: `running` at once, `queued` waiting; beyond that a
+    /// request is refused at once (503 with `Retry-After`).
+    pub fn with_query_limits(mut self, running: usize, queued: usize) -> Self {
+        for b in &mut self.backends {
+            b.admission = Admission::new(running, queued);
+        }
+        self
     }
 
     /// Names each backend's URL (by backend name) and the relist period, for `/status`.
@@ -336,6 +408,24 @@ impl<P: PromApi> Provider<P> {
         endpoint: &'static str,
         call: impl Future<Output = Result<T, PromError>>,
     ) -> Result<T, PromError> {
+        let admitted = match self.backends.iter().find(|b| b.name == backend) {
+            Some(b) => {
+                let waiting = self.metrics.backend_waiting.with_label_values(&[backend]);
+                b.admission.admit(&waiting).await.map(Some)
+            }
+            None => Ok(None),
+        };
+        let _permit = match admitted {
+            Ok(permit) => permit,
+            Err(e) => {
+                // Not the backend's failure: its health and error counts stay as they are.
+                self.metrics
+                    .backend_refused
+                    .with_label_values(&[backend])
+                    .inc();
+                return Err(e);
+            }
+        };
         let started = Instant::now();
         let result = call.await;
         let took = started.elapsed();

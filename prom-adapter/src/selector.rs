@@ -90,6 +90,13 @@ impl fmt::Display for Operator {
 /// Why a selector string was rejected or cannot be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
+    /// Longer than [`MAX_SELECTOR_LEN`]: no HPA writes such a selector, and parsing and
+    /// matching it would cost every request.
+    #[error("the selector is {len} bytes; at most {MAX_SELECTOR_LEN} are accepted")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
     /// The grammar does not allow this token here.
     #[error(
         "unable to parse requirement: found {} at byte {position}, expected: {expected}",
@@ -161,9 +168,15 @@ fn describe_found(found: &str) -> String {
     }
 }
 
+/// The longest selector accepted, in bytes.
+pub const MAX_SELECTOR_LEN: usize = 8 * 1024;
+
 impl Selector {
     /// Parse the `labels.Parse` string form; the empty string selects everything.
     pub fn parse(s: &str) -> Result<Selector, SelectorError> {
+        if s.len() > MAX_SELECTOR_LEN {
+            return Err(SelectorError::TooLong { len: s.len() });
+        }
         let mut parser = Parser {
             items: lex(s),
             next: 0,
@@ -808,6 +821,23 @@ mod tests {
             Ok(sel) => sel,
             Err(err) => panic!("{input:?} should parse: {err}"),
         }
+    }
+
+    #[test]
+    fn selectors_longer_than_the_cap_are_refused_before_parsing() {
+        let one = "app in (a,b)";
+        let mut long = String::new();
+        while long.len() + one.len() < MAX_SELECTOR_LEN {
+            if !long.is_empty() {
+                long.push(',');
+            }
+            long.push_str(one);
+        }
+        assert!(Selector::parse(&long).is_ok(), "{} bytes", long.len());
+        long.push_str(",x=yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy");
+        let e = Selector::parse(&long).unwrap_err();
+        assert!(matches!(e, SelectorError::TooLong { .. }), "{e}");
+        assert!(e.to_string().contains("at most 8192"), "{e}");
     }
 
     /// apimachinery `TestSelectorParse`: good strings re-render as the input without spaces.

@@ -69,6 +69,8 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// The `group` label of the request metrics (a closed set).
     pub group: &'static str,
+    /// `Retry-After` seconds, for refusals that pass by themselves.
+    pub retry_after: Option<u32>,
 }
 
 const JSON: &str = "application/json";
@@ -81,6 +83,7 @@ fn json(body: Result<Vec<u8>, serde_json::Error>, group: &'static str) -> Answer
             content_type: JSON,
             body,
             group,
+            retry_after: None,
         },
         Err(e) => error(
             &ApiError::Internal(format!("encoding the answer: {e}")),
@@ -95,6 +98,7 @@ fn error(e: &ApiError, group: &'static str) -> Answer {
         content_type: JSON,
         body: e.status_body(),
         group,
+        retry_after: e.retry_after(),
     }
 }
 
@@ -104,6 +108,7 @@ fn text(status: StatusCode, body: &str, group: &'static str) -> Answer {
         content_type: TEXT,
         body: body.as_bytes().to_vec(),
         group,
+        retry_after: None,
     }
 }
 
@@ -142,6 +147,7 @@ pub async fn respond<P: PromApi, K>(
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: state.metrics.render(),
                 group,
+                retry_after: None,
             };
         }
         "/status" => return json(serde_json::to_vec(&state.provider.report()), group),
@@ -271,6 +277,7 @@ fn relayed(r: Relayed, group: &'static str) -> Answer {
         content_type: JSON,
         body: r.body,
         group,
+        retry_after: None,
     }
 }
 
@@ -328,6 +335,23 @@ pub async fn check_access<K: KubeAuthApi>(
     refusal(decision, Some((&user, &attrs)))
 }
 
+/// The most header bytes (names and values) a request may carry: hyper's HTTP/1 buffer
+/// limit is not a strict bound on the head, so it is checked here for both versions.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// A refusal when `headers` are larger than [`MAX_HEADER_BYTES`].
+fn check_header_size(headers: &hyper::HeaderMap) -> Option<ApiError> {
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (bytes > MAX_HEADER_BYTES).then(|| {
+        ApiError::HeadersTooLarge(format!(
+            "the request's headers are {bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"
+        ))
+    })
+}
+
 /// The hyper handler: access checks, then [`respond`], timed and counted.
 pub async fn handle<P: PromApi, K: KubeAuthApi>(
     state: Arc<State<P, K>>,
@@ -338,15 +362,20 @@ pub async fn handle<P: PromApi, K: KubeAuthApi>(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let refused = check_access(
-        &state.access,
-        &method,
-        &path,
-        query.as_deref(),
-        req.headers(),
-        &conn,
-    )
-    .await;
+    let refused = match check_header_size(req.headers()) {
+        Some(too_large) => Some(too_large),
+        None => {
+            check_access(
+                &state.access,
+                &method,
+                &path,
+                query.as_deref(),
+                req.headers(),
+                &conn,
+            )
+            .await
+        }
+    };
     let answer = match refused {
         Some(e) => error(&e, group_of(&path)),
         None => respond(&state, &method, &path, query.as_deref()).await,
@@ -376,5 +405,9 @@ pub async fn handle<P: PromApi, K: KubeAuthApi>(
     *resp.status_mut() = answer.status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    if let Some(seconds) = answer.retry_after {
+        resp.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     resp
 }

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub backend_seconds: HistogramVec,
     /// Requests answered by joining an identical query already in flight, by backend.
     pub coalesced: IntCounterVec,
+    /// Backend calls refused because that backend's query queue was full, by backend.
+    pub backend_refused: IntCounterVec,
+    /// Backend calls waiting for a turn now, by backend.
+    pub backend_waiting: IntGaugeVec,
     /// Named query runs by result (`ok`, `error`).
     pub named_refreshes: IntCounterVec,
     /// Named query answers by outcome (`ok`, `stale`, `error`).
@@ -121,8 +125,24 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
         let _ = registry.register(Box::new(backend_up.clone()));
+        let backend_waiting = IntGaugeVec::new(
+            Opts::new(
+                "prom_adapter_prometheus_queries_waiting",
+                "Backend queries waiting for a turn (max_concurrent_queries are running), by backend.",
+            ),
+            &["backend"],
+        )
+        .unwrap_or_else(|e| unreachable!("constant metric is valid: {e}"));
+        let _ = registry.register(Box::new(backend_waiting.clone()));
         Self {
             backend_up,
+            backend_waiting,
+            backend_refused: counter(
+                &registry,
+                "prom_adapter_prometheus_queries_refused_total",
+                "Backend queries not sent because the backend already had its most queries running and waiting (answered 503 with Retry-After), by backend.",
+                &["backend"],
+            ),
             named_refreshes: counter(
                 &registry,
                 "prom_adapter_named_query_refreshes_total",

@@ -296,3 +296,92 @@ async fn one_failing_series_query_keeps_the_other_rules_and_the_last_good_findin
     );
     serves_a(api).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_prometheus_sheds_load_past_the_queue_with_retry_after() {
+    let prom = prometheus().await;
+    let adapter = Adapter::start(
+        RULES,
+        &prom.url(),
+        &["--max-concurrent-queries", "1", "--max-queued-queries", "2"],
+    )
+    .await;
+    let api = adapter.api();
+    wait_listed(&adapter, "pods/a_metric").await;
+    wait_listed(&adapter, "pods/b_metric").await;
+
+    // Three different queries (nothing to coalesce): one runs and is held, two wait.
+    prom.set_query_fault(Fault::Hold);
+    let mut requests = tokio::task::JoinSet::new();
+    for path in [A_PODS, B_PODS, QUEUE] {
+        let api = api.clone();
+        requests.spawn(async move { api.get(path).await });
+    }
+    let waiting = r#"prom_adapter_prometheus_queries_waiting{backend="default"}"#;
+    let held = &prom;
+    adapter
+        .eventually("one query held and two waiting", move || async move {
+            held.held(QUERY) == 1 && api.self_metric(waiting).await == 2.0
+        })
+        .await;
+
+    // A fourth is refused at once, without reaching Prometheus, and says when to retry.
+    let named = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/web-0/a_metric";
+    let (status, retry_after, body) = api.get_retry_after(named).await;
+    let message = unavailable(status, &body);
+    assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+    assert_eq!(body["details"]["retryAfterSeconds"], 1, "{body}");
+    assert!(
+        message.contains("1 queries to this backend are running and 2 waiting"),
+        "{message}"
+    );
+    let refused = r#"prom_adapter_prometheus_queries_refused_total{backend="default"}"#;
+    assert_eq!(api.self_metric(refused).await, 1.0);
+    assert_eq!(
+        prom.seen_at(QUERY).len(),
+        1,
+        "only the running query reached the stub"
+    );
+
+    // The held one answers; the waiting ones run in turn and answer too.
+    prom.release();
+    while let Some(answer) = requests.join_next().await {
+        let (status, body) = answer.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(prom.answered(QUERY), 3);
+    assert_eq!(api.self_metric(waiting).await, 0.0);
+    // A refusal is not the backend's failure.
+    let up = r#"prom_adapter_backend_up{backend="default"}"#;
+    assert_eq!(api.self_metric(up).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_are_refused_over_http1_and_http2() {
+    let prom = prometheus().await;
+    let adapter = Adapter::start(RULES, &prom.url(), &[]).await;
+    let api = adapter.api();
+    // Larger than hyper's HTTP/2 default (16 KiB), within the 64 KiB both versions allow.
+    let small = "x".repeat(30 * 1024);
+    let huge = "x".repeat(100 * 1024);
+    for http2 in [false, true] {
+        let ok = api
+            .get_with_header("/healthz", ("x-padding", &small), http2)
+            .await;
+        assert_eq!(ok, Ok(StatusCode::OK), "http2={http2}");
+        // HTTP/1: 431 from the 64 KiB head limit; HTTP/2: the 64 KiB header list limit
+        // refuses it (a 431 or a reset stream, as h2 decides). Either way it is not served.
+        let refused = api
+            .get_with_header("/healthz", ("x-padding", &huge), http2)
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE) | Err(_)
+            ),
+            "http2={http2}: {refused:?}"
+        );
+    }
+    // And the adapter still serves.
+    serves_a(api).await;
+}

@@ -44,6 +44,13 @@ pub enum ApiError {
     /// holds still rather than act on an old number.
     #[error("stale: {0}")]
     Stale(String),
+    /// The request's headers are larger than the server accepts (431).
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// Too many backend queries at once (503 with `Retry-After`): load is shed here rather
+    /// than queued without bound.
+    #[error("{0}")]
+    Overloaded(String),
     /// A bug or a rule that cannot work (500).
     #[error("Internal error occurred: {0}")]
     Internal(String),
@@ -58,7 +65,8 @@ impl ApiError {
             Self::Unauthorized => 401,
             Self::Forbidden(_) => 403,
             Self::MethodNotAllowed => 405,
-            Self::Unavailable(_) | Self::Stale(_) => 503,
+            Self::HeadersTooLarge(_) => 431,
+            Self::Unavailable(_) | Self::Stale(_) | Self::Overloaded(_) => 503,
             Self::Internal(_) => 500,
         }
     }
@@ -71,8 +79,10 @@ impl ApiError {
             Self::Unauthorized => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
             Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::HeadersTooLarge(_) => "RequestHeaderFieldsTooLarge",
             Self::Unavailable(_) => "ServiceUnavailable",
             Self::Stale(_) => "Stale",
+            Self::Overloaded(_) => "ServiceUnavailable",
             Self::Internal(_) => "InternalError",
         }
     }
@@ -91,6 +101,12 @@ impl ApiError {
         Self::NotFound(format!("{resource} \"{name}\" not found"))
     }
 
+    /// Seconds a client should wait before asking again (`Retry-After`, and the Status'
+    /// `details.retryAfterSeconds`), for errors that pass by themselves.
+    pub fn retry_after(&self) -> Option<u32> {
+        matches!(self, Self::Overloaded(_)).then_some(1)
+    }
+
     /// The `metav1.Status` body.
     pub fn status_body(&self) -> Vec<u8> {
         #[derive(Serialize)]
@@ -102,7 +118,14 @@ impl ApiError {
             status: &'static str,
             message: &'a str,
             reason: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            details: Option<Details>,
             code: u16,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Details {
+            retry_after_seconds: u32,
         }
         let message = self.to_string();
         serde_json::to_vec(&Status {
@@ -112,6 +135,9 @@ impl ApiError {
             status: "Failure",
             message: &message,
             reason: self.reason(),
+            details: self.retry_after().map(|s| Details {
+                retry_after_seconds: s,
+            }),
             code: self.code(),
         })
         .unwrap_or_else(|_| {
@@ -142,8 +168,14 @@ mod tests {
             (ApiError::Unauthorized, 401, "Unauthorized"),
             (ApiError::Forbidden("x".into()), 403, "Forbidden"),
             (ApiError::MethodNotAllowed, 405, "MethodNotAllowed"),
+            (
+                ApiError::HeadersTooLarge("x".into()),
+                431,
+                "RequestHeaderFieldsTooLarge",
+            ),
             (ApiError::Unavailable("x".into()), 503, "ServiceUnavailable"),
             (ApiError::Stale("x".into()), 503, "Stale"),
+            (ApiError::Overloaded("x".into()), 503, "ServiceUnavailable"),
             (ApiError::Internal("x".into()), 500, "InternalError"),
         ] {
             let body: serde_json::Value = serde_json::from_slice(&e.status_body()).unwrap();
@@ -151,5 +183,8 @@ mod tests {
             assert_eq!(body["reason"], reason);
             assert_eq!(e.code(), code);
         }
+        let body: serde_json::Value =
+            serde_json::from_slice(&ApiError::Overloaded("busy".into()).status_body()).unwrap();
+        assert_eq!(body["details"]["retryAfterSeconds"], 1);
     }
 }

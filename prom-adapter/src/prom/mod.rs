@@ -119,11 +119,23 @@ pub enum PromError {
         /// The configured `max_response_bytes`.
         limit: usize,
     },
+    /// Not sent: this backend already has `running` queries in flight and `queued` waiting
+    /// for a turn, the most allowed. A slow backend must not pile up unbounded work here.
+    #[error(
+        "not sent: {running} queries to this backend are running and {queued} waiting, the most allowed; retry shortly"
+    )]
+    Overloaded {
+        /// The concurrency limit.
+        running: usize,
+        /// The queue limit.
+        queued: usize,
+    },
 }
 
 impl PromError {
     /// A closed vocabulary for metric labels: `unreachable`, `timeout`, `bad_data`, `execution`,
-    /// `unavailable`, `http`, `decode`, `too_large`, and `api` for other API error types.
+    /// `unavailable`, `http`, `decode`, `too_large`, `overloaded`, and `api` for other API
+    /// error types.
     ///
     /// An API error of type `timeout` (the backend's own query timeout) is `timeout` too.
     pub fn kind(&self) -> &'static str {
@@ -140,6 +152,7 @@ impl PromError {
             PromError::Http { .. } => "http",
             PromError::Decode { .. } => "decode",
             PromError::TooLarge { .. } => "too_large",
+            PromError::Overloaded { .. } => "overloaded",
         }
     }
 }

@@ -407,9 +407,61 @@ type Https = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 pub struct Api {
     client: Https,
     base: String,
+    cert: PathBuf,
 }
 
 impl Api {
+    /// GETs `path` with one extra header over HTTP/1.1 or (`http2`) HTTP/2 only: the status,
+    /// or the transport error when the server refused the request without one.
+    pub async fn get_with_header(
+        &self,
+        path: &str,
+        header: (&str, &str),
+        http2: bool,
+    ) -> Result<StatusCode, String> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(Self::tls(&self.cert))
+            .https_only();
+        let https = if http2 {
+            https.enable_http2().build()
+        } else {
+            https.enable_http1().build()
+        };
+        let client: Https = Client::builder(TokioExecutor::new())
+            .http2_only(http2)
+            .build(https);
+        let req = Request::get(format!("{}{path}", self.base))
+            .header(header.0, header.1)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let call = async {
+            match client.request(req).await {
+                Ok(resp) => Ok(resp.status()),
+                Err(e) => Err(format!("{e:?}")),
+            }
+        };
+        tokio::time::timeout(GUARD, call)
+            .await
+            .unwrap_or_else(|_| panic!("GET {path}: no answer"))
+    }
+
+    fn tls(cert: &Path) -> rustls::ClientConfig {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(cert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        // hyper-rustls sets ALPN from the enabled versions.
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    }
+
     fn new(addr: &str, cert: &Path) -> Api {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
@@ -432,6 +484,7 @@ impl Api {
         Api {
             client: Client::builder(TokioExecutor::new()).build(https),
             base: format!("https://{addr}"),
+            cert: cert.to_path_buf(),
         }
     }
 
@@ -443,6 +496,24 @@ impl Api {
             let status = resp.status();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             (status, String::from_utf8(body.to_vec()).unwrap())
+        };
+        tokio::time::timeout(GUARD, call)
+            .await
+            .unwrap_or_else(|_| panic!("GET {path}: no answer"))
+    }
+
+    /// GETs `path`: the status, the `Retry-After` header and the body parsed as JSON.
+    pub async fn get_retry_after(&self, path: &str) -> (StatusCode, Option<String>, Value) {
+        let uri: hyper::Uri = format!("{}{path}", self.base).parse().unwrap();
+        let call = async {
+            let resp = self.client.get(uri).await.unwrap();
+            let status = resp.status();
+            let retry = resp
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, retry, serde_json::from_slice(&body).unwrap())
         };
         tokio::time::timeout(GUARD, call)
             .await
