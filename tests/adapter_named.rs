@@ -9,10 +9,8 @@
 
 use anyhow::{Context, Result, ensure};
 use pipeline_tests::exporter::gauge;
-use pipeline_tests::kubeapi::{
-    AccessReview, Decision, FakeKubeApi, PROMETHEUS_METRICS, Resource, auth_config_data,
-};
-use pipeline_tests::pki::{ALICE, FRONT_PROXY_CN, Pki, pem};
+use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi, PROMETHEUS_METRICS, Resource};
+use pipeline_tests::pki::{ALICE, Pki};
 use pipeline_tests::promadapter::{quantity_value, run_cli};
 use pipeline_tests::{Adapter, Exporter, PATIENCE, Prometheus, eventually};
 use serde_json::{Value, json};
@@ -83,12 +81,7 @@ impl Stack {
             .expect("a temp dir");
         let pki = Pki::generate().expect("generating the PKI");
         let fake = FakeKubeApi::start_with_objects();
-        fake.set_policy(policy);
-        fake.set_auth_config(Some(auth_config_data(
-            Some(&pem(&pki.client_ca)),
-            Some(&pem(&pki.front_proxy_ca)),
-            &[FRONT_PROXY_CN],
-        )));
+        pki.delegate_from(&fake, policy);
         fake.set_pod("shop", "worker-0", &[("app", "worker")]);
         let kubeconfig = fake
             .write_kubeconfig(dir.path())

@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use pipeline_tests::hpa::{self, HpaSpec, MetricInput, Recommendation, ScaleTarget};
-use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi, PodFixture, auth_config_data};
+use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi, PodFixture};
 use pipeline_tests::kubectl::{CurlOptions, Finished, RUN_LIMIT, curl, run_command};
-use pipeline_tests::pki::{ALICE, FRONT_PROXY_CN, Pki, pem};
+use pipeline_tests::pki::{ALICE, Pki};
 use pipeline_tests::util::{bin, scaled, tests_dir};
 use pipeline_tests::{Adapter, Bridge, PATIENCE, Prometheus, eventually, python};
 use serde_json::{Value, json};
@@ -283,12 +283,7 @@ impl Stack {
             .expect("a temp dir");
         let pki = Pki::generate().expect("generating the PKI");
         let fake = FakeKubeApi::start_with_objects();
-        fake.set_policy(policy);
-        fake.set_auth_config(Some(auth_config_data(
-            Some(&pem(&pki.client_ca)),
-            Some(&pem(&pki.front_proxy_ca)),
-            &[FRONT_PROXY_CN],
-        )));
+        pki.delegate_from(&fake, policy);
         for i in 0..PODS.len() {
             fake.put_pod(&fixture(i));
         }

@@ -116,6 +116,25 @@ impl Pki {
         }
     }
 
+    /// Has `fake` publish these CAs as kube-apiserver does (the front-proxy and client CAs
+    /// in the `extension-apiserver-authentication` ConfigMap, the front proxy's CN allowed)
+    /// and answer SubjectAccessReviews with `policy`.
+    pub fn delegate_from(
+        &self,
+        fake: &crate::kubeapi::FakeKubeApi,
+        policy: impl Fn(&crate::kubeapi::AccessReview) -> crate::kubeapi::Decision
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        fake.set_policy(policy);
+        fake.set_auth_config(Some(crate::kubeapi::auth_config_data(
+            Some(&pem(&self.client_ca)),
+            Some(&pem(&self.front_proxy_ca)),
+            &[FRONT_PROXY_CN],
+        )));
+    }
+
     /// Generates everything into a new temp dir.
     ///
     /// # Errors

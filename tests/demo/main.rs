@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use pipeline_tests::hpa::{self, HpaSpec, MetricInput, ScaleTarget};
-use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi, auth_config_data};
+use pipeline_tests::kubeapi::{AccessReview, Decision, FakeKubeApi};
 use pipeline_tests::kubectl::{CurlOptions, curl};
-use pipeline_tests::pki::{ALICE, FRONT_PROXY_CN, Pki, pem};
+use pipeline_tests::pki::{ALICE, Pki};
 use pipeline_tests::promadapter::Leash;
 use pipeline_tests::util::{find_program, tests_dir};
 use pipeline_tests::{Adapter, Bridge, Prometheus};
@@ -288,12 +288,7 @@ fn run(options: &Options) -> Result<()> {
     say("Starting prom-adapter (HTTPS, front-proxy and client certificates, SubjectAccessReview)…");
     let pki = Pki::generate()?;
     let fake = FakeKubeApi::start();
-    fake.set_policy(policy);
-    fake.set_auth_config(Some(auth_config_data(
-        Some(&pem(&pki.client_ca)),
-        Some(&pem(&pki.front_proxy_ca)),
-        &[FRONT_PROXY_CN],
-    )));
+    pki.delegate_from(&fake, policy);
     let kubeconfig = fake.write_kubeconfig(work.path())?;
     let rules = tests_dir().join("demo/rules.yaml");
     let args = pki.adapter_flags(&pki.serving, &kubeconfig, true);
