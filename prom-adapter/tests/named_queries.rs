@@ -2,20 +2,20 @@
 //! served from the cache (a request never queries the backend), listed in discovery, stale
 //! past maxAge, shadowing an external rule, scoped to a namespace; `/status` and `/explain`.
 
+mod router;
+
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper::Method;
 use prom_adapter::prom::PromError;
 use prom_adapter::prom::fake::{FakeProm, labels, sample};
 use prom_adapter::provider::Provider;
 use prom_adapter::rules::from_yaml;
-use prom_adapter::server::{self, Access, State};
+use prom_adapter::server::State;
 use prom_adapter::status::{QueryState, Report};
 use prom_adapter::telemetry::Metrics;
-use serde_json::Value;
+use router::get;
 
 const RULES: &str = r#"
 externalRules:
@@ -55,24 +55,7 @@ fn state(prom: &FakeProm) -> State<FakeProm> {
         &[("default".into(), "http://prometheus:9090".into())],
         Duration::from_secs(30),
     );
-    State {
-        provider: Arc::new(provider),
-        metrics,
-        ready: AtomicBool::new(true),
-        ready_check: None,
-        access: Access::Open,
-        forwarder: None,
-    }
-}
-
-async fn get(state: &State<FakeProm>, path_and_query: &str) -> (u16, Value) {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
-    let answer = server::respond(state, &Method::GET, path, query).await;
-    let body = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-    (answer.status.as_u16(), body)
+    router::open_state(provider, metrics)
 }
 
 /// Runs every named query once, as the background loop does when they are due.

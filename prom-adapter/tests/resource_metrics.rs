@@ -2,19 +2,20 @@
 //! resource rules, the pod and node documents as metrics-server writes them, and every
 //! failure as a `Status` with its code. The backend and the cluster are the in-memory fakes.
 
+mod router;
+
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use hyper::Method;
 use prom_adapter::objects::{FakeObjects, ObjectRef};
 use prom_adapter::prom::fake::{FakeProm, sample};
 use prom_adapter::provider::Provider;
 use prom_adapter::rules::from_yaml;
 use prom_adapter::rules::resources::GroupResource;
-use prom_adapter::server::{self, Access, State};
+use prom_adapter::server::State;
 use prom_adapter::telemetry::Metrics;
+use router::get;
 use serde_json::{Value, json};
 
 const RULES: &str = r#"
@@ -58,14 +59,7 @@ fn state(rules: &str) -> (State<FakeProm>, FakeProm) {
         Duration::from_secs(60),
     )
     .with_objects(Arc::new(objects));
-    let state = State {
-        provider: Arc::new(provider),
-        metrics,
-        ready: AtomicBool::new(true),
-        ready_check: None,
-        access: Access::Open,
-        forwarder: None,
-    };
+    let state = router::open_state(provider, metrics);
     (state, prom)
 }
 
@@ -102,19 +96,6 @@ fn samples(prom: &FakeProm) {
         r#"sum by (node) (node_memory_working_set_bytes{node="node-a"})"#,
         vec![n("2147483648")],
     );
-}
-
-/// Status code and parsed body of a GET.
-async fn get(state: &State<FakeProm>, path_and_query: &str) -> (u16, Value) {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
-    let answer = server::respond(state, &Method::GET, path, query).await;
-    assert_eq!(answer.content_type, "application/json", "{path_and_query}");
-    let body = serde_json::from_slice(&answer.body)
-        .unwrap_or_else(|e| panic!("{path_and_query}: not JSON ({e}): {:?}", answer.body));
-    (answer.status.as_u16(), body)
 }
 
 /// The `creationTimestamp` is the time of the answer: checked for shape, then dropped.
