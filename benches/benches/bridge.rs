@@ -257,18 +257,24 @@ fn native(c: &mut Criterion) {
     let buckets = h.snapshot().positive.len();
     let mut g = c.benchmark_group("native");
     g.throughput(Throughput::Elements(lines.len() as u64));
+    // Classic buckets only (`None`), or native ones beside them with this bucket factor.
+    let store_with = |factor: Option<f64>| {
+        Store::new(
+            StoreConfig {
+                native: NativeSpec {
+                    factor,
+                    ..NativeSpec::default()
+                },
+                ..StoreConfig::default()
+            },
+            [],
+        )
+    };
     for (name, factor) in [
         ("observe_classic", None),
         ("observe_classic_and_native", Some(1.1)),
     ] {
-        let cfg = StoreConfig {
-            native: NativeSpec {
-                factor,
-                ..NativeSpec::default()
-            },
-            ..StoreConfig::default()
-        };
-        let store = Store::new(cfg, []);
+        let store = store_with(factor);
         let mut worker = Worker::unmapped(store.config());
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -282,14 +288,7 @@ fn native(c: &mut Criterion) {
     // 10,000 timer series of 200 observations each (1 ms to 10 s), served as text and as
     // protobuf; and the heap each series takes, classic only and with native buckets.
     let timers = |factor: Option<f64>, series: usize| {
-        let cfg = StoreConfig {
-            native: NativeSpec {
-                factor,
-                ..NativeSpec::default()
-            },
-            ..StoreConfig::default()
-        };
-        let store = Store::new(cfg, []);
+        let store = store_with(factor);
         let mut worker = Worker::unmapped(store.config());
         for series in 0..series {
             for i in 0..200 {
