@@ -348,6 +348,12 @@ fn opt_path(s: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
+/// The `[adapter]` table of a pipeline.toml's text (`path` names it in errors).
+pub fn adapter_from_toml(src: &str, path: &Path) -> Result<AdapterConfig, ConfigError> {
+    let file: PipelineFile = common::config::from_toml(src, path)?;
+    Ok(file.adapter)
+}
+
 /// Reads `pipeline.toml` and returns the `[adapter]` table and the file's text.
 pub fn load_pipeline(path: &Path) -> Result<(AdapterConfig, String), ConfigError> {
     let (file, src): (PipelineFile, String) = common::config::load(path)?;

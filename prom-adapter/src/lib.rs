@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod forward;
+pub mod fuzzing;
 pub mod named;
 pub use common::kube_client;
 pub mod objects;

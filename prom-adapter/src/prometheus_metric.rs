@@ -316,7 +316,7 @@ pub async fn run<P: PromApi>(
         Box::pin(watcher::watcher(hpa_api, watcher::Config::default()).default_backoff());
     let mut seen = Seen::default();
     let (mut metrics_pending, mut hpas_pending) = (None, None);
-    let mut written: BTreeMap<Key, (Value, Instant)> = BTreeMap::new();
+    let mut written: BTreeMap<Key, Written> = BTreeMap::new();
     let mut invalid: BTreeMap<Key, String> = BTreeMap::new();
     let mut tick = tokio::time::interval(STATUS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -376,14 +376,22 @@ pub async fn run<P: PromApi>(
     }
 }
 
+/// The last status write of one object.
+enum Written {
+    /// This status, at this time.
+    Done(Value, Instant),
+    /// A write that failed at this time: the next try waits [`STATUS_REFRESH`].
+    Failed(Instant),
+}
+
 /// Patches the status of every object whose desired status differs from the last one
-/// written (or is [`STATUS_REFRESH`] old).
+/// written (or is [`STATUS_REFRESH`] old); a failed write is retried after that long.
 async fn write_statuses<P: PromApi>(
     client: &kube::Client,
     provider: &Provider<P>,
     seen: &Seen,
     invalid: &BTreeMap<Key, String>,
-    written: &mut BTreeMap<Key, (Value, Instant)>,
+    written: &mut BTreeMap<Key, Written>,
 ) {
     let now = now_unix();
     let stamp = rfc3339(now);
@@ -409,7 +417,10 @@ async fn write_statuses<P: PromApi>(
         };
         let desired = desired_status(&previous, query, &refs, &stamp);
         let due = match written.get(key) {
-            Some((last, at)) => differs(last, &desired) || at.elapsed() >= STATUS_REFRESH,
+            Some(Written::Done(last, at)) => {
+                differs(last, &desired) || at.elapsed() >= STATUS_REFRESH
+            }
+            Some(Written::Failed(at)) => at.elapsed() >= STATUS_REFRESH,
             // First sight since start: write our view once.
             None => true,
         };
@@ -429,10 +440,11 @@ async fn write_statuses<P: PromApi>(
             .inc();
         match result {
             Ok(_) => {
-                written.insert(key.clone(), (desired, Instant::now()));
+                written.insert(key.clone(), Written::Done(desired, Instant::now()));
             }
             Err(e) => {
-                tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "Cannot write a PrometheusMetric's status.");
+                tracing::warn!(namespace = %key.0, name = %key.1, error = %e, retry_in = ?STATUS_REFRESH, "Cannot write a PrometheusMetric's status.");
+                written.insert(key.clone(), Written::Failed(Instant::now()));
             }
         }
     }
