@@ -332,6 +332,19 @@ fn adapter_named_queries_objects_status_explain_and_staleness() {
         ensure!(report["rules"][0]["metrics"] == 2, "{}", report["rules"]);
         Ok(())
     });
+    // Behind the same authentication as the metrics: no credentials, no status.
+    for path in ["/status", "/explain?metric=queue_depth"] {
+        let anonymous = stack
+            .adapter
+            .request("GET", path, &[])
+            .expect("a raw request");
+        assert_eq!(
+            anonymous.status,
+            401,
+            "{path}: {}",
+            String::from_utf8_lossy(&anonymous.body)
+        );
+    }
     let table = stack.cli("status", &[]);
     let text = table.ok_stdout().expect("prom-adapter status").to_owned();
     for needle in [
