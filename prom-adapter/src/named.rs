@@ -344,6 +344,15 @@ impl Cache {
             .cloned()
     }
 
+    /// Whether some query is served under `metric` (to any namespace).
+    pub fn serves_name(&self, metric: &str) -> bool {
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|s| s.query.name == metric)
+    }
+
     /// The names served, each once, sorted (for discovery).
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -560,5 +569,6 @@ mod tests {
         assert_eq!(cache.find("q", "dev").unwrap().query.query, "sum(q)");
         assert!(cache.find("other", "dev").is_none());
         assert_eq!(cache.names(), ["q"]);
+        assert!(cache.serves_name("q") && !cache.serves_name("other"));
     }
 }

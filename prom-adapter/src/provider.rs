@@ -408,7 +408,8 @@ impl<P: PromApi> Provider<P> {
         endpoint: &'static str,
         call: impl Future<Output = Result<T, PromError>>,
     ) -> Result<T, PromError> {
-        let admitted = match self.backends.iter().find(|b| b.name == backend) {
+        let found = self.backends.iter().find(|b| b.name == backend);
+        let admitted = match found {
             Some(b) => {
                 let waiting = self.metrics.backend_waiting.with_label_values(&[backend]);
                 b.admission.admit(&waiting).await.map(Some)
@@ -433,18 +434,6 @@ impl<P: PromApi> Provider<P> {
             .backend_seconds
             .with_label_values(&[backend, endpoint])
             .observe(took.as_secs_f64());
-        if let Some(b) = self.backends.iter().find(|b| b.name == backend) {
-            let mut h = b.health.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = now_unix();
-            h.calls += 1;
-            h.last_call = Some(now);
-            h.latency = Some(took);
-            h.up = Some(result.is_ok() || matches!(&result, Err(PromError::Api { .. })));
-            if let Err(e) = &result {
-                h.errors += 1;
-                h.last_error = Some((now, e.to_string()));
-            }
-        }
         let up = match &result {
             Ok(_) => true,
             Err(e) => {
@@ -456,6 +445,18 @@ impl<P: PromApi> Provider<P> {
                 matches!(e, PromError::Api { .. })
             }
         };
+        if let Some(b) = found {
+            let mut h = b.health.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = now_unix();
+            h.calls += 1;
+            h.last_call = Some(now);
+            h.latency = Some(took);
+            h.up = Some(up);
+            if let Err(e) = &result {
+                h.errors += 1;
+                h.last_error = Some((now, e.to_string()));
+            }
+        }
         self.metrics
             .backend_up
             .with_label_values(&[backend])
@@ -602,8 +603,7 @@ impl<P: PromApi> Provider<P> {
 
     /// Whether a rule here serves the external metric (as listed now).
     pub fn serves_external(&self, metric: &str) -> bool {
-        self.catalog().registry.external(metric).is_some()
-            || self.named.names().iter().any(|n| n == metric)
+        self.catalog().registry.external(metric).is_some() || self.named.serves_name(metric)
     }
 
     /// The resources listed for one group version.
