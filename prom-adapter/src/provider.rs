@@ -474,6 +474,7 @@ impl<P: PromApi> Provider<P> {
     }
 
     async fn relist_locked(&self) -> RelistOutcome {
+        let started = Instant::now();
         let end = SystemTime::now();
         let start = end.checked_sub(self.max_age).unwrap_or(UNIX_EPOCH);
         let catalog = self.catalog();
@@ -489,7 +490,8 @@ impl<P: PromApi> Provider<P> {
                     self.timed(
                         &b.name,
                         "series",
-                        b.api.series(std::slice::from_ref(selector), start, end),
+                        b.api
+                            .series_shapes(std::slice::from_ref(selector), start, end),
                     )
                     .await
                 }
@@ -541,6 +543,10 @@ impl<P: PromApi> Provider<P> {
             _ => "partial",
         };
         self.metrics.relists.with_label_values(&[result]).inc();
+        self.metrics
+            .relist_seconds
+            .with_label_values(&[result])
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.last_relist.set(now_unix());
         if failed == 0 {
             self.metrics.last_relist_success.set(now_unix());
@@ -1503,6 +1509,13 @@ externalRules:
         assert_eq!(e.code(), 503);
         assert!(e.to_string().contains("connection refused"), "{e}");
         assert_eq!(metrics.relists.with_label_values(&["failed"]).get(), 1);
+        let timed = |result: &str| {
+            metrics
+                .relist_seconds
+                .with_label_values(&[result])
+                .get_sample_count()
+        };
+        assert_eq!((timed("ok"), timed("failed")), (1, 1));
         assert!(
             metrics
                 .backend_errors

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub discovered: IntGaugeVec,
     /// Relists by result (`ok`, `partial`, `failed`).
     pub relists: IntCounterVec,
+    /// How long a discovery run took, by result: series calls, decoding and the swap.
+    pub relist_seconds: HistogramVec,
     /// Unix time of the last relist that reached the backend for every rule.
     pub last_relist_success: Gauge,
     /// Unix time of the last relist attempt.
@@ -209,6 +211,12 @@ impl Metrics {
                 &registry,
                 "prom_adapter_discovery_runs_total",
                 "Discovery runs by result: ok, partial (some rules failed) or failed.",
+                &["result"],
+            ),
+            relist_seconds: histogram(
+                &registry,
+                "prom_adapter_discovery_duration_seconds",
+                "Duration of discovery runs (series calls, decoding, the swap of the metric list), by result.",
                 &["result"],
             ),
             last_relist_success: gauge(

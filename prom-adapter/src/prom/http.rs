@@ -474,12 +474,14 @@ impl Client {
     }
 }
 
-impl PromApi for Client {
-    async fn series(
+impl Client {
+    /// `/api/v1/series`, its 2xx answer decoded by `decode`.
+    async fn series_decoded(
         &self,
         matchers: &[String],
         start: SystemTime,
         end: SystemTime,
+        decode: fn(u16, &[u8]) -> Result<Vec<Labels>, PromError>,
     ) -> Result<Vec<Labels>, PromError> {
         let start = unix_seconds(start);
         let end = unix_seconds(end);
@@ -489,10 +491,32 @@ impl PromApi for Client {
         params.push(("end", &end));
         let (status, body) = self.call(SERIES_PATH, &params).await?;
         if (200..300).contains(&status) {
-            wire::decode_series(status, &body)
+            decode(status, &body)
         } else {
             Err(wire::decode_error(status, &body))
         }
+    }
+}
+
+impl PromApi for Client {
+    async fn series(
+        &self,
+        matchers: &[String],
+        start: SystemTime,
+        end: SystemTime,
+    ) -> Result<Vec<Labels>, PromError> {
+        self.series_decoded(matchers, start, end, wire::decode_series)
+            .await
+    }
+
+    async fn series_shapes(
+        &self,
+        matchers: &[String],
+        start: SystemTime,
+        end: SystemTime,
+    ) -> Result<Vec<Labels>, PromError> {
+        self.series_decoded(matchers, start, end, wire::decode_series_shapes)
+            .await
     }
 
     async fn query(

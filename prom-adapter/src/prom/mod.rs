@@ -168,6 +168,18 @@ pub trait PromApi: Send + Sync + 'static {
         end: SystemTime,
     ) -> impl Future<Output = Result<Vec<Labels>, PromError>> + Send;
 
+    /// [`PromApi::series`] folded into shapes, as [`wire::decode_series_shapes`] does: all
+    /// that discovery needs. The HTTP client folds while decoding.
+    fn series_shapes(
+        &self,
+        matchers: &[String],
+        start: SystemTime,
+        end: SystemTime,
+    ) -> impl Future<Output = Result<Vec<Labels>, PromError>> + Send {
+        let series = self.series(matchers, start, end);
+        async move { series.await.map(wire::shapes_of) }
+    }
+
     /// `/api/v1/query`; `time: None` lets the backend evaluate at its own now (the sample
     /// timestamps are then the evaluation time).
     fn query(
@@ -186,6 +198,15 @@ impl<T: PromApi> PromApi for Arc<T> {
         end: SystemTime,
     ) -> impl Future<Output = Result<Vec<Labels>, PromError>> + Send {
         T::series(self, matchers, start, end)
+    }
+
+    fn series_shapes(
+        &self,
+        matchers: &[String],
+        start: SystemTime,
+        end: SystemTime,
+    ) -> impl Future<Output = Result<Vec<Labels>, PromError>> + Send {
+        T::series_shapes(self, matchers, start, end)
     }
 
     fn query(

@@ -6,8 +6,12 @@
 //! 4xx/5xx status. Sample values stay the strings sent (`"NaN"`, `"+Inf"`, `"1e+21"`); callers
 //! decide how to turn them into quantities. Nothing here panics on any input.
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::{Labels, PromError, QueryResult, Sample};
 
@@ -71,6 +75,141 @@ pub fn decode_series(status: u16, body: &[u8]) -> Result<Vec<Labels>, PromError>
     let env: Envelope<Vec<Labels>> = decode_envelope(status, body)?;
     env.data
         .ok_or_else(|| decode("success answer without \"data\""))
+}
+
+/// Decodes a 2xx answer of `/api/v1/series` into its shapes: each distinct (`__name__`, label
+/// names) once, in first-seen order, with every other label's value empty. Discovery needs
+/// no more, and decoded this way a million series cost their answer's bytes and a few maps,
+/// not a million maps.
+pub fn decode_series_shapes(status: u16, body: &[u8]) -> Result<Vec<Labels>, PromError> {
+    let env: Envelope<Shapes> = decode_envelope(status, body)?;
+    env.data
+        .map(|s| s.0)
+        .ok_or_else(|| decode("success answer without \"data\""))
+}
+
+/// [`decode_series_shapes`] of series already decoded.
+pub fn shapes_of(series: Vec<Labels>) -> Vec<Labels> {
+    let mut shapes = ShapeSet::default();
+    for labels in series {
+        shapes.add(
+            labels
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))),
+        );
+    }
+    shapes.list
+}
+
+/// The shapes seen so far, and the key of each.
+#[derive(Default)]
+struct ShapeSet {
+    seen: HashSet<String>,
+    list: Vec<Labels>,
+    key: String,
+}
+
+impl ShapeSet {
+    fn add<'a>(&mut self, labels: impl IntoIterator<Item = (Cow<'a, str>, Cow<'a, str>)>) {
+        let mut pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = labels.into_iter().collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.key.clear();
+        for (k, v) in &pairs {
+            self.key.push_str(k);
+            if k == "__name__" {
+                self.key.push('=');
+                self.key.push_str(v);
+            }
+            // Label names can't hold a NUL; values can, but only the name's is in the key,
+            // behind its `=`.
+            self.key.push('\0');
+        }
+        if self.seen.contains(self.key.as_str()) {
+            return;
+        }
+        self.seen.insert(self.key.clone());
+        self.list.push(
+            pairs
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = if k == "__name__" {
+                        v.into_owned()
+                    } else {
+                        String::new()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect(),
+        );
+    }
+}
+
+/// `data` of a series answer, folded into shapes while it is read.
+struct Shapes(Vec<Labels>);
+
+impl<'de> Deserialize<'de> for Shapes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = Shapes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of label sets")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shapes, A::Error> {
+                let mut shapes = ShapeSet::default();
+                while let Some(Series(pairs)) = seq.next_element::<Series<'de>>()? {
+                    shapes.add(pairs);
+                }
+                Ok(Shapes(shapes.list))
+            }
+        }
+        d.deserialize_seq(List)
+    }
+}
+
+/// One label set, its strings borrowed from the answer unless escaped.
+struct Series<'de>(Vec<(Cow<'de, str>, Cow<'de, str>)>);
+
+impl<'de> Deserialize<'de> for Series<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Map;
+        impl<'de> Visitor<'de> for Map {
+            type Value = Series<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a label set")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Series<'de>, A::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Text(k), Text(v))) = map.next_entry::<Text<'de>, Text<'de>>()? {
+                    pairs.push((k, v));
+                }
+                Ok(Series(pairs))
+            }
+        }
+        d.deserialize_map(Map)
+    }
+}
+
+/// A string, borrowed when the JSON holds it without escapes.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> Visitor<'de> for Str {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Str)
+    }
 }
 
 /// Turns a non-2xx answer into [`PromError::Api`] when the body is the API's error JSON, else
@@ -377,6 +516,50 @@ mod tests {
             r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":1},"value":[1,"1"]}]}}"#,
             Err("not the prometheus api's json"),
         );
+    }
+
+    #[test]
+    fn series_shapes_fold_series_of_one_name_and_label_names() {
+        let body = br#"{"status":"success","data":[
+            {"__name__":"up","job":"a","instance":"x:1"},
+            {"instance":"y:2","__name__":"up","job":"b"},
+            {"__name__":"up","job":"c"},
+            {"__name__":"esc\u0041ped","pod":"p\"1"},
+            {"__name__":"up","job":"d","instance":"z"}]}"#;
+        let want = vec![
+            labels(&[("__name__", "up"), ("instance", ""), ("job", "")]),
+            labels(&[("__name__", "up"), ("job", "")]),
+            labels(&[("__name__", "escAped"), ("pod", "")]),
+        ];
+        assert_eq!(decode_series_shapes(200, body), Ok(want.clone()));
+        // The fold of decoded series is the same.
+        assert_eq!(decode_series(200, body).map(shapes_of), Ok(want));
+        assert_eq!(
+            decode_series_shapes(200, br#"{"status":"success","data":[]}"#),
+            Ok(vec![])
+        );
+        for bad in [
+            &br#"{"status":"success","data":[{"a":1}]}"#[..],
+            br#"{"status":"success","data":{"a":"b"}}"#,
+            br#"{"status":"success"}"#,
+            b"[",
+        ] {
+            assert!(
+                matches!(
+                    decode_series_shapes(200, bad),
+                    Err(PromError::Decode { .. })
+                ),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            decode_series_shapes(
+                200,
+                br#"{"status":"error","errorType":"bad_data","error":"x"}"#
+            ),
+            Err(PromError::Api { .. })
+        ));
     }
 
     #[test]
