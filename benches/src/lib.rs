@@ -1,6 +1,7 @@
 //! Load harness for the whole binaries; the criterion benches of the hot functions live in
 //! `benches/`.
 //!
+//! - [`adapter`]: the prom-adapter harness (discovery, request overhead, throughput, soak).
 //! - [`traffic`]: the StatsD/DogStatsD lines the load generator sends.
 //! - [`loadgen`]: paced UDP sender (`sendmmsg`), the `loadgen` binary and a library call.
 //! - [`drain`]: the baseline receiver (`recvmmsg`, counts lines), the `drain` binary.
@@ -13,6 +14,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod adapter;
 pub mod drain;
 pub mod http;
 pub mod loadgen;

@@ -431,7 +431,7 @@ const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// Starts `cmd` with stdout and stderr going to `dir/log`, killed when the harness dies
 /// (through [`SETPRIV`], when it is there).
-fn spawn_logged(cmd: Command, dir: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_logged(cmd: Command, dir: &Path) -> anyhow::Result<Child> {
     let mut cmd = if Path::new(SETPRIV).is_file() {
         let mut wrapped = Command::new(SETPRIV);
         wrapped
@@ -452,7 +452,7 @@ fn spawn_logged(cmd: Command, dir: &Path) -> anyhow::Result<Child> {
 }
 
 /// The last 2 KiB of `dir/log`.
-fn log_tail(dir: &Path) -> String {
+pub(crate) fn log_tail(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
     let cut = text.len().saturating_sub(2048);
     let cut = (cut..text.len())
