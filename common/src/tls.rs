@@ -931,9 +931,121 @@ impl fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// Accepts any server certificate but still checks the handshake's signatures, so the
+/// connection is at least encrypted to whoever holds the key: `--insecure-skip-tls-verify`
+/// for backends, and the benches' client of a self-signed adapter on loopback.
+#[derive(Debug)]
+pub struct AnyServerCert(Arc<CryptoProvider>);
+
+impl AnyServerCert {
+    /// Checks signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self(provider)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a handshake in memory; `Err` when either side refuses.
+    fn handshake(
+        mut client: rustls::ClientConnection,
+        mut server: rustls::ServerConnection,
+    ) -> Result<(), rustls::Error> {
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets()?;
+            buf.clear();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn any_server_cert_accepts_a_self_signed_server_that_roots_refuse() {
+        let (cert, _) = self_signed(&["localhost".to_owned()], None).unwrap();
+        let server = server_config(cert).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = |verifier: Option<AnyServerCert>| {
+            let b = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                .with_safe_default_protocol_versions()
+                .unwrap();
+            let config = match verifier {
+                Some(v) => b
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(v))
+                    .with_no_client_auth(),
+                None => b
+                    .with_root_certificates(RootCertStore::empty())
+                    .with_no_client_auth(),
+            };
+            rustls::ClientConnection::new(
+                Arc::new(config),
+                ServerName::try_from("localhost").unwrap(),
+            )
+            .unwrap()
+        };
+        let conn = || rustls::ServerConnection::new(Arc::clone(&server)).unwrap();
+        handshake(
+            client(Some(AnyServerCert::new(Arc::clone(&provider)))),
+            conn(),
+        )
+        .unwrap();
+        assert!(handshake(client(None), conn()).is_err());
+    }
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);

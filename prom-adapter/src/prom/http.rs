@@ -964,56 +964,6 @@ fn read_certs(
 
 /// The rustls config: ring explicitly (never the process default), TLS 1.2+, the CA file or the
 /// system roots (only loaded for https URLs), the client certificate when configured.
-/// Accepts any server certificate but still checks the handshake's signatures, so the
-/// connection is at least encrypted to whoever holds the key (`--insecure-skip-tls-verify`).
-#[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn tls_config(cfg: &ClientConfig, https: bool) -> Result<rustls::ClientConfig, ClientBuildError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -1022,9 +972,13 @@ fn tls_config(cfg: &ClientConfig, https: bool) -> Result<rustls::ClientConfig, C
             reason: e.to_string(),
         })?;
     let builder = match &cfg.ca_file {
-        _ if cfg.insecure_skip_verify => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCert(Arc::clone(&provider)))),
+        _ if cfg.insecure_skip_verify => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(common::tls::AnyServerCert::new(
+                    Arc::clone(&provider),
+                )))
+        }
         Some(path) => {
             const WHAT: &str = "prometheus ca file";
             let mut roots = rustls::RootCertStore::empty();
