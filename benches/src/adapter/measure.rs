@@ -22,7 +22,7 @@ use super::pages::{METRIC_PREFIX, Population, QUEUES};
 use super::stats::{median, percentile, slope};
 use super::systems::{Adapter, Prometheus, query_path, series_path};
 use crate::http::sum_samples;
-use crate::procfs::rss_bytes;
+use crate::procfs::{open_fds, rss_bytes};
 
 /// The rules the adapter is measured with: one custom rule over every pod gauge, one external
 /// rule over the queues, and one named query.
@@ -172,6 +172,24 @@ impl Stage {
     }
 }
 
+/// The adapter over the stage's Prometheus with [`RULES`], relisting every `relist`,
+/// looking back [`MAX_AGE`], and `extra` flags.
+fn start_adapter(
+    stage: &Stage,
+    adapter_bin: &Path,
+    relist: &str,
+    extra: &[&str],
+) -> anyhow::Result<Adapter> {
+    let mut args = vec![
+        "--metrics-relist-interval",
+        relist,
+        "--metrics-max-age",
+        "10m",
+    ];
+    args.extend_from_slice(extra);
+    Adapter::start(adapter_bin, RULES, &stage.prometheus.url(), &args)
+}
+
 /// What one discovery measurement found.
 #[derive(Debug, Clone)]
 pub struct DiscoveryResult {
@@ -224,19 +242,7 @@ pub fn discovery(
         }
         direct.push(start.elapsed());
     }
-    let adapter = Adapter::start(
-        adapter_bin,
-        RULES,
-        &prom.url(),
-        &[
-            "--metrics-relist-interval",
-            "1s",
-            "--metrics-max-age",
-            "10m",
-            "--prometheus-timeout",
-            "120s",
-        ],
-    )?;
+    let adapter = start_adapter(stage, adapter_bin, "1s", &["--prometheus-timeout", "120s"])?;
     let runs = |page: &str| sum_samples(page, "prom_adapter_discovery_runs_total", &[]);
     // Until the first relist is in: the adapter starts serving before discovery finishes.
     let start = Instant::now();
@@ -252,18 +258,10 @@ pub fn discovery(
     let stop = Arc::new(AtomicBool::new(false));
     let probe = spawn_probe(&adapter, stage.population, Arc::clone(&stop))?;
     let before = adapter.metrics()?;
-    let ok_sum = |page: &str| {
+    let ok = |page: &str, part: &str| {
         sum_samples(
             page,
-            "prom_adapter_discovery_duration_seconds_sum",
-            &["result=\"ok\""],
-        )
-        .unwrap_or(0.0)
-    };
-    let ok_count = |page: &str| {
-        sum_samples(
-            page,
-            "prom_adapter_discovery_duration_seconds_count",
+            &format!("prom_adapter_discovery_duration_seconds_{part}"),
             &["result=\"ok\""],
         )
         .unwrap_or(0.0)
@@ -281,8 +279,8 @@ pub fn discovery(
     let (probes, failures, first_failure) = probe
         .join()
         .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
-    let count = ok_count(&page) - ok_count(&before);
-    let sum = ok_sum(&page) - ok_sum(&before);
+    let count = ok(&page, "count") - ok(&before, "count");
+    let sum = ok(&page, "sum") - ok(&before, "sum");
     let (rss, rss_peak) = rss_bytes(adapter.pid()).unwrap_or((0, 0));
     let listed = sum_samples(
         &page,
@@ -400,17 +398,7 @@ impl OverheadResult {
 /// An adapter for the request measurements: discovery every 5 minutes, so none runs while
 /// measuring after the first.
 pub fn quiet_adapter(stage: &Stage, adapter_bin: &Path) -> anyhow::Result<Adapter> {
-    let adapter = Adapter::start(
-        adapter_bin,
-        RULES,
-        &stage.prometheus.url(),
-        &[
-            "--metrics-relist-interval",
-            "5m",
-            "--metrics-max-age",
-            "10m",
-        ],
-    )?;
+    let adapter = start_adapter(stage, adapter_bin, "5m", &[])?;
     let probe = HpaMetric::nth(&stage.population, 0).path();
     let start = Instant::now();
     let mut c = adapter.client()?;
@@ -607,17 +595,7 @@ pub fn soak(
     period: Duration,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<SoakResult> {
-    let adapter = Adapter::start(
-        adapter_bin,
-        RULES,
-        &stage.prometheus.url(),
-        &[
-            "--metrics-relist-interval",
-            "30s",
-            "--metrics-max-age",
-            "10m",
-        ],
-    )?;
+    let adapter = start_adapter(stage, adapter_bin, "30s", &[])?;
     let total = Duration::from_secs_f64(minutes * 60.0);
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new([
@@ -696,9 +674,7 @@ pub fn soak(
         let now = start.elapsed();
         if now >= next_sample {
             let (rss, _) = rss_bytes(adapter.pid()).unwrap_or((0, 0));
-            let fds = std::fs::read_dir(format!("/proc/{}/fd", adapter.pid()))
-                .map(|d| d.count())
-                .unwrap_or(0);
+            let fds = open_fds(adapter.pid()).unwrap_or(0);
             result.samples.push((now.as_secs_f64(), rss, fds));
             progress(&format!(
                 "soak {:>5.1} min: RSS {:.1} MB, {fds} fds, {} requests, {} 503",
@@ -735,9 +711,7 @@ pub fn soak(
         }
     }
     let (rss, _) = rss_bytes(adapter.pid()).unwrap_or((0, 0));
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", adapter.pid()))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let fds = open_fds(adapter.pid()).unwrap_or(0);
     result
         .samples
         .push((start.elapsed().as_secs_f64(), rss, fds));
