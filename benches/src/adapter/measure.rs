@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 
 use super::pages::{METRIC_PREFIX, Population, QUEUES};
 use super::stats::{median, percentile, slope};
-use super::systems::{Adapter, Prometheus, query_path, series_path};
+use super::systems::{Adapter, Cluster, Prometheus, query_path, series_path};
 use crate::http::sum_samples;
 use crate::procfs::{open_fds, rss_bytes};
 
@@ -173,19 +173,22 @@ impl Stage {
 }
 
 /// The adapter over the stage's Prometheus with [`RULES`], relisting every `relist`,
-/// looking back [`MAX_AGE`], and `extra` flags.
+/// looking back [`MAX_AGE`], watching `cluster`'s pods when there is one, and `extra` flags.
 fn start_adapter(
     stage: &Stage,
     adapter_bin: &Path,
     relist: &str,
+    cluster: Option<&Cluster>,
     extra: &[&str],
 ) -> anyhow::Result<Adapter> {
+    let watch = cluster.map(Cluster::flags);
     let mut args = vec![
         "--metrics-relist-interval",
         relist,
         "--metrics-max-age",
         "10m",
     ];
+    args.extend(watch.iter().flatten().map(String::as_str));
     args.extend_from_slice(extra);
     Adapter::start(adapter_bin, RULES, &stage.prometheus.url(), &args)
 }
@@ -242,7 +245,13 @@ pub fn discovery(
         }
         direct.push(start.elapsed());
     }
-    let adapter = start_adapter(stage, adapter_bin, "1s", &["--prometheus-timeout", "120s"])?;
+    let adapter = start_adapter(
+        stage,
+        adapter_bin,
+        "1s",
+        None,
+        &["--prometheus-timeout", "120s"],
+    )?;
     let runs = |page: &str| sum_samples(page, "prom_adapter_discovery_runs_total", &[]);
     // Until the first relist is in: the adapter starts serving before discovery finishes.
     let start = Instant::now();
@@ -396,9 +405,14 @@ impl OverheadResult {
 }
 
 /// An adapter for the request measurements: discovery every 5 minutes, so none runs while
-/// measuring after the first.
-pub fn quiet_adapter(stage: &Stage, adapter_bin: &Path) -> anyhow::Result<Adapter> {
-    let adapter = start_adapter(stage, adapter_bin, "5m", &[])?;
+/// measuring after the first; it waits for `cluster`'s watch cache when there is one.
+pub fn quiet_adapter(
+    stage: &Stage,
+    adapter_bin: &Path,
+    cluster: Option<&Cluster>,
+) -> anyhow::Result<Adapter> {
+    let adapter = start_adapter(stage, adapter_bin, "5m", cluster, &[])?;
+    wait_ready(&adapter)?;
     let probe = HpaMetric::nth(&stage.population, 0).path();
     let start = Instant::now();
     let mut c = adapter.client()?;
@@ -417,13 +431,32 @@ pub fn quiet_adapter(stage: &Stage, adapter_bin: &Path) -> anyhow::Result<Adapte
     }
 }
 
+/// Until the adapter's `/readyz` answers 200 (its watch cache has listed everything).
+fn wait_ready(adapter: &Adapter) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut c = adapter.client()?;
+    while c.get("/readyz")?.status != 200 {
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "the adapter isn't ready after 120 s:\n{}",
+                adapter.log_tail()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// `requests` of `metric` through the adapter, each followed by its PromQL straight to
-/// Prometheus, after 50 of each to warm up.
+/// Prometheus, after 50 of each to warm up. An adapter without a watch cache (`watched`
+/// false) first asks Prometheus which pods match a pods request's selector: then the
+/// straight baseline sends that series call too, and counts both.
 pub fn overhead(
     stage: &Stage,
     adapter: &Adapter,
     metric: &HpaMetric,
     requests: usize,
+    watched: bool,
 ) -> anyhow::Result<OverheadResult> {
     let mut via = adapter.client()?;
     let mut straight = stage.prometheus.client()?;
@@ -435,6 +468,17 @@ pub fn overhead(
         .context("no promql in the explanation")?
         .to_owned();
     let direct_path = query_path(&promql);
+    let lookup = match metric {
+        HpaMetric::Pods {
+            namespace,
+            metric,
+            app,
+        } if !watched => Some(series_path(
+            &format!(r#"{{__name__="{metric}",namespace="{namespace}",app="{app}"}}"#),
+            MAX_AGE,
+        )),
+        _ => None,
+    };
     let path = metric.path();
     let (mut a, mut d) = (Vec::with_capacity(requests), Vec::with_capacity(requests));
     for i in 0..requests + 50 {
@@ -442,20 +486,29 @@ pub fn overhead(
         if r.status != 200 {
             bail!("{path} answered {}: {}", r.status, r.text());
         }
-        let s = straight.get(&direct_path)?;
-        if s.status != 200 {
-            bail!("{promql} answered {}: {}", s.status, s.text());
+        let mut direct = Duration::ZERO;
+        for p in lookup.iter().chain([&direct_path]) {
+            let s = straight.get(p)?;
+            if s.status != 200 {
+                bail!("{p} answered {}: {}", s.status, s.text());
+            }
+            direct += s.elapsed;
         }
         if i >= 50 {
             a.push(r.elapsed);
-            d.push(s.elapsed);
+            d.push(direct);
         }
     }
     Ok(OverheadResult {
         what: match metric {
             HpaMetric::Pods { .. } => format!(
-                "custom: pods/* with labelSelector ({} pods)",
-                stage.population.pods_per_namespace() / stage.population.apps.max(1)
+                "custom: pods/* with labelSelector ({} pods), {}",
+                stage.population.pods_per_namespace() / stage.population.apps.max(1),
+                if watched {
+                    "watch cache"
+                } else {
+                    "no cluster (direct: series call + query)"
+                }
             ),
             HpaMetric::External { .. } => "external: one queue".into(),
             HpaMetric::Named => "named query (cached)".into(),
@@ -586,7 +639,8 @@ impl SoakResult {
 }
 
 /// Steady HPA traffic for `minutes`: `hpas` HPAs, each asking every `period` (spread evenly
-/// over the period, over 4 connections), Prometheus restarted at one and two thirds.
+/// over the period, over 4 connections), Prometheus restarted at one and two thirds. The
+/// adapter watches the population's pods on a [`Cluster`], as it would in one.
 pub fn soak(
     stage: &mut Stage,
     adapter_bin: &Path,
@@ -595,7 +649,9 @@ pub fn soak(
     period: Duration,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<SoakResult> {
-    let adapter = start_adapter(stage, adapter_bin, "30s", &[])?;
+    let cluster = Cluster::start(&stage.population)?;
+    let adapter = start_adapter(stage, adapter_bin, "30s", Some(&cluster), &[])?;
+    wait_ready(&adapter)?;
     let total = Duration::from_secs_f64(minutes * 60.0);
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new([

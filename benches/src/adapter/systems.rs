@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
+use pipeline_tests::kubeapi::FakeKubeApi;
+
 use super::client::{Client, Reply};
+use super::pages::Population;
 use crate::sut::{free_tcp_port, log_tail, spawn_logged};
 
 /// Timeout of one request to either process.
@@ -212,8 +215,48 @@ fn scrape_config(pages: SocketAddr, shards: usize, interval: Duration) -> String
     yml
 }
 
+/// The population's pods and namespaces on a fake kube-apiserver (the tests' [`FakeKubeApi`]),
+/// so the adapter's watch cache answers a `*` request's selector as it does in a cluster.
+pub struct Cluster {
+    _fake: FakeKubeApi,
+    _dir: TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    /// Every pod of `population` (label `app`), in its namespace.
+    pub fn start(population: &Population) -> anyhow::Result<Cluster> {
+        let fake = FakeKubeApi::start_with_objects();
+        for ns in 0..population.namespaces {
+            let namespace = format!("ns{ns}");
+            for i in 0..population.pods_per_namespace() {
+                let app = format!("app{}", i % population.apps.max(1));
+                fake.set_pod(&namespace, &population.pod(ns, i), &[("app", &app)]);
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("bench-cluster-")
+            .tempdir()?;
+        let kubeconfig = fake.write_kubeconfig(dir.path())?;
+        Ok(Cluster {
+            _fake: fake,
+            _dir: dir,
+            kubeconfig,
+        })
+    }
+
+    /// The adapter flag that points its watch cache here.
+    pub fn flags(&self) -> [String; 2] {
+        [
+            "--lister-kubeconfig".into(),
+            self.kubeconfig.to_string_lossy().into_owned(),
+        ]
+    }
+}
+
 /// The release `prom-adapter`, serving HTTPS on a loopback port with `--insecure-dev` (no
-/// cluster to authenticate against; a `*` request's selector is matched on series labels).
+/// cluster to authenticate against). Without a [`Cluster`] to watch, a `*` request's selector
+/// is matched on series labels.
 pub struct Adapter {
     child: Child,
     dir: TempDir,

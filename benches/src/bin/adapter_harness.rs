@@ -4,7 +4,8 @@
 //! - discovery over each `--series` population: relist time against the same
 //!   `/api/v1/series` calls sent straight to Prometheus, RSS, and a probe that counts every
 //!   answer other than 200 for known metrics while relists run (1 s apart);
-//! - request overhead: p50/p99 of HPA-shaped requests minus the same PromQL sent straight;
+//! - request overhead: p50/p99 of HPA-shaped requests minus the same PromQL sent straight,
+//!   the pods watched on a fake kube-apiserver (`Cluster`) and, once more, without one;
 //! - throughput of cached answers (a named query) with `wrk` through TLS, beside `/healthz`
 //!   of the same server;
 //! - with `--soak-minutes N`: HPA traffic (`--hpas` every `--period`), Prometheus restarted
@@ -28,7 +29,7 @@ use pipeline_benches::adapter::measure::{
 };
 use pipeline_benches::adapter::pages::Population;
 use pipeline_benches::adapter::stats::{mb, median, ms, percentile};
-use pipeline_benches::adapter::systems::PROMETHEUS_INSTALL;
+use pipeline_benches::adapter::systems::{Cluster, PROMETHEUS_INSTALL};
 use pipeline_benches::search::parse_count;
 use pipeline_benches::sut::which;
 
@@ -138,7 +139,8 @@ fn main() -> anyhow::Result<()> {
                     "[{:>4.0}s] request overhead",
                     started.elapsed().as_secs_f64()
                 );
-                let adapter = measure::quiet_adapter(&stage, &adapter_bin)?;
+                let cluster = Cluster::start(&population)?;
+                let adapter = measure::quiet_adapter(&stage, &adapter_bin, Some(&cluster))?;
                 for h in [0, 6] {
                     let metric = HpaMetric::nth(&population, h);
                     report.overhead.push(measure::overhead(
@@ -146,6 +148,17 @@ fn main() -> anyhow::Result<()> {
                         &adapter,
                         &metric,
                         args.requests,
+                        true,
+                    )?);
+                }
+                {
+                    let unwatched = measure::quiet_adapter(&stage, &adapter_bin, None)?;
+                    report.overhead.push(measure::overhead(
+                        &stage,
+                        &unwatched,
+                        &HpaMetric::nth(&population, 0),
+                        args.requests,
+                        false,
                     )?);
                 }
                 eprintln!("[{:>4.0}s] throughput", started.elapsed().as_secs_f64());
