@@ -11,6 +11,7 @@
 //!   watch the kube-apiserver: the adapter its objects, the bridge its node's pods).
 //! - [`tls`]: serving certificates (PEM or self-signed) and the rustls server config.
 //! - [`shutdown`]: one future that resolves on SIGTERM or SIGINT.
+//! - [`malloc`]: glibc's mmap threshold fixed, so large buffers return their memory when freed.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,6 +23,7 @@ pub mod config;
 pub mod files;
 pub mod http;
 pub mod kube_client;
+pub mod malloc;
 pub mod prom;
 pub mod shutdown;
 pub mod telemetry;

@@ -57,6 +57,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
+    let mmap_threshold = common::malloc::keep_large_buffers_mapped();
     let (args, ignored) = strip_ignored(std::env::args().collect());
     let cli = Cli::parse_from(args);
     match &cli.command {
@@ -134,6 +135,7 @@ fn main() -> ExitCode {
         return usage_error(e);
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, rules = cfg.rules.custom.len(), external_rules = cfg.rules.external.len(), resource_rules = cfg.rules.resource.is_some(), backends = ?cfg.backends.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), "Starting prom-adapter.");
+    tracing::debug!(?mmap_threshold, "glibc's mmap threshold.");
     for flag in ignored {
         tracing::warn!(
             flag,
