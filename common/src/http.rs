@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -38,12 +39,49 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 250;
 /// HTTP/2 PING interval on an idle connection, and how long to wait for the answer.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
-/// The response body every handler here returns: the whole page in memory.
-pub type Body = Full<Bytes>;
+/// The response body every handler here returns: [`full`] bytes in memory, or a [`streamed`]
+/// page written while it is sent.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A body of `bytes`, sent with a `Content-Length`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A body sent in chunks (`Transfer-Encoding: chunked` over HTTP/1.1) as the producer writes
+/// them, so a large page is never whole in memory. At most `depth` chunks wait; an `Err` the
+/// producer sends aborts the response, so the client sees a broken transfer rather than a
+/// short page. Sends fail once the client has gone.
+pub fn streamed(depth: usize) -> (tokio::sync::mpsc::Sender<std::io::Result<Bytes>>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+    (tx, Streamed(rx).boxed())
+}
+
+struct Streamed(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| c.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
 
 /// A plain-text response with the given status.
 pub fn text(status: hyper::StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

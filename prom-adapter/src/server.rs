@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use common::http::Body;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -401,7 +400,7 @@ pub async fn handle<P: PromApi, K: KubeAuthApi>(
     } else {
         Bytes::from(answer.body)
     };
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(common::http::full(body));
     *resp.status_mut() = answer.status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));

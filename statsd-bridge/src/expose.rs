@@ -13,6 +13,7 @@
 )]
 
 use std::io::Write as _;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::aggregate::{Kind, SeriesSnapshot, Snapshot, Value};
@@ -61,11 +62,26 @@ pub fn encode(snapshot: &Snapshot, format: Format, out: &mut String) {
     out.push_str(&String::from_utf8_lossy(&bytes));
 }
 
-/// [`encode`] into bytes: what the HTTP edge sends.
+/// [`encode`] into bytes.
 pub fn encode_bytes(snapshot: &Snapshot, format: Format, out: &mut Vec<u8>) {
+    let _ = encode_chunked(snapshot, format, usize::MAX, out, |_| {
+        ControlFlow::Continue(())
+    });
+}
+
+/// [`encode_bytes`], handing `out` to `flush` whenever it holds `chunk` bytes or more (after
+/// a whole series, or a whole family in protobuf), so the HTTP edge sends a page of a million
+/// series while it is written instead of holding it. `flush` takes what it sends out of
+/// `out`; `Break` stops the encoding (the scraper went away), and is returned.
+pub fn encode_chunked(
+    snapshot: &Snapshot,
+    format: Format,
+    chunk: usize,
+    out: &mut Vec<u8>,
+    mut flush: impl FnMut(&mut Vec<u8>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     if format == Format::Protobuf {
-        protobuf::encode_protobuf(snapshot, out);
-        return;
+        return protobuf::encode_protobuf_chunked(snapshot, chunk, out, flush);
     }
     let mut current: Option<&str> = None;
     // Looked up once per family, not per series.
@@ -102,7 +118,11 @@ pub fn encode_bytes(snapshot: &Snapshot, format: Format, out: &mut Vec<u8>) {
             name
         };
         encode_series(series, sample_name, format, &mut le, out);
+        if out.len() >= chunk {
+            flush(out)?;
+        }
     }
+    ControlFlow::Continue(())
 }
 
 fn write_header(out: &mut Vec<u8>, name: &str, help: &str, kind: &str, format: Format) {
@@ -316,5 +336,82 @@ fn encode_series(
                 write_sample(out, name, "_count", series.label_bytes(), *count);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing, clippy::panic)]
+
+    use std::time::Instant;
+
+    use super::*;
+    use crate::aggregate::{Store, StoreConfig};
+    use crate::ingest::{Worker, ingest_line};
+    use crate::protocol::ParseOptions;
+
+    fn snapshot() -> Snapshot {
+        let store = Store::new(StoreConfig::default(), []);
+        let mut worker = Worker::unmapped(store.config());
+        let now = Instant::now();
+        for i in 0..300 {
+            for line in [
+                format!("chunk.hits:{i}|c|#pod:p{i}"),
+                format!("chunk.temp:{i}.5|g|#pod:p{i}"),
+                format!("chunk.latency:{i}|ms|#pod:p{}", i % 7),
+            ] {
+                ingest_line(
+                    &store,
+                    line.as_bytes(),
+                    &ParseOptions::default(),
+                    &mut worker,
+                    now,
+                );
+            }
+        }
+        store.snapshot(now)
+    }
+
+    #[test]
+    fn chunks_add_up_to_the_whole_page() {
+        let snapshot = snapshot();
+        for format in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
+            let mut whole = Vec::new();
+            encode_bytes(&snapshot, format, &mut whole);
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            let mut out = Vec::new();
+            let sent = encode_chunked(&snapshot, format, 1000, &mut out, |out| {
+                chunks.push(std::mem::take(out));
+                ControlFlow::Continue(())
+            });
+            assert!(sent.is_continue());
+            // Protobuf flushes between families only: three here.
+            let least = if format == Format::Protobuf { 2 } else { 10 };
+            assert!(chunks.len() >= least, "{format:?}: {} chunks", chunks.len());
+            assert!(
+                chunks.iter().all(|c| c.len() >= 1000),
+                "{format:?}: a chunk was flushed short"
+            );
+            chunks.push(out);
+            assert_eq!(chunks.concat(), whole, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn a_sink_that_breaks_stops_the_encoder() {
+        let snapshot = snapshot();
+        let mut calls = 0;
+        let mut out = Vec::new();
+        let sent = encode_chunked(&snapshot, Format::Text, 100, &mut out, |out| {
+            calls += 1;
+            out.clear();
+            if calls == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(sent.is_break());
+        assert_eq!(calls, 2);
     }
 }

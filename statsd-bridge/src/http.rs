@@ -1,19 +1,24 @@
 //! The HTTP edge: the metrics page (text or OpenMetrics, gzip when asked), health,
 //! readiness, and statsd_exporter's lifecycle endpoints.
+//!
+//! The page is streamed: a blocking task encodes it in chunks that hyper sends as they come,
+//! so a scrape of a million series (52 MB of text) never holds the whole page, nor a gzipped
+//! copy of it, and a slow scraper holds back the encoder rather than piling up chunks.
 
 use std::io::Write as _;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use common::http::{Body, text};
+use common::http::{Body, streamed, text};
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
-use crate::expose::{Format, encode_bytes, encode_families_openmetrics};
+use crate::expose::{Format, encode_chunked, encode_families_openmetrics};
 use crate::ingest::Ingester;
 
 /// Re-reads the config; `Ok` carries a summary for the response.
@@ -47,8 +52,21 @@ impl std::fmt::Debug for State {
     }
 }
 
-/// Renders the whole metrics page: the store's series, then the self-metrics.
-pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) -> Vec<u8> {
+/// Bytes of page per chunk sent.
+const CHUNK: usize = 256 * 1024;
+/// Chunks waiting for the scraper before the encoder waits too.
+const CHUNKS_QUEUED: usize = 4;
+
+/// Renders the whole metrics page, the store's series then the self-metrics, handing it to
+/// `sink` in chunks of about `chunk` bytes (the last one shorter, maybe empty); `Break` when
+/// the sink stopped taking them.
+pub fn render_metrics(
+    ingester: &Ingester,
+    format: Format,
+    udp_ports: &[u16],
+    chunk: usize,
+    sink: &mut impl FnMut(&mut Vec<u8>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let started = Instant::now();
     let t = &ingester.telemetry;
     if !udp_ports.is_empty() {
@@ -62,8 +80,8 @@ pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) ->
     // series on the page include every line the page's counters report.
     let families = t.registry.gather();
     let snapshot = ingester.store.snapshot(started);
-    let mut out = Vec::with_capacity(snapshot.series.len() * 64 + 8192);
-    encode_bytes(&snapshot, format, &mut out);
+    let mut out = Vec::with_capacity(chunk.min(snapshot.series.len() * 64 + 8192));
+    encode_chunked(&snapshot, format, chunk, &mut out, &mut *sink)?;
     drop(snapshot);
     t.scrape_duration.observe(started.elapsed().as_secs_f64());
     match format {
@@ -78,7 +96,7 @@ pub fn render_metrics(ingester: &Ingester, format: Format, udp_ports: &[u16]) ->
         }
         Format::Protobuf => crate::expose::protobuf::encode_families_protobuf(&families, &mut out),
     }
-    out
+    sink(&mut out)
 }
 
 /// Protobuf when the scraper lists it in `Accept` (Prometheus does with native histograms
@@ -130,13 +148,86 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-fn gzip(page: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(page.len() / 4),
-        flate2::Compression::fast(),
-    );
-    enc.write_all(page)?;
-    enc.finish()
+type Chunks = tokio::sync::mpsc::Sender<std::io::Result<Bytes>>;
+
+/// Takes the page's chunks from the encoder, gzips them when asked, and sends them to hyper.
+/// Dropped before [`PageSink::finish`] (the encoder panicked, or gzip failed), it sends an
+/// error, so hyper breaks the transfer instead of ending a short page as if it were whole.
+struct PageSink {
+    tx: Chunks,
+    gzip: Option<flate2::write::GzEncoder<Vec<u8>>>,
+    finished: bool,
+}
+
+impl PageSink {
+    fn new(tx: Chunks, compress: bool) -> Self {
+        Self {
+            tx,
+            gzip: compress
+                .then(|| flate2::write::GzEncoder::new(fresh_chunk(), flate2::Compression::fast())),
+            finished: false,
+        }
+    }
+
+    /// Takes what `out` holds; `Break` once the scraper has gone.
+    fn take(&mut self, out: &mut Vec<u8>) -> ControlFlow<()> {
+        let ready = match &mut self.gzip {
+            None => std::mem::replace(out, fresh_chunk()),
+            Some(z) => {
+                if let Err(e) = z.write_all(out) {
+                    tracing::error!(error = %e, "Compressing the metrics page failed.");
+                    return ControlFlow::Break(());
+                }
+                out.clear();
+                if z.get_ref().len() < CHUNK {
+                    return ControlFlow::Continue(());
+                }
+                std::mem::replace(z.get_mut(), fresh_chunk())
+            }
+        };
+        self.send(ready)
+    }
+
+    fn send(&self, bytes: Vec<u8>) -> ControlFlow<()> {
+        if bytes.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        match self.tx.blocking_send(Ok(Bytes::from(bytes))) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    }
+
+    /// Sends gzip's trailer.
+    fn finish(mut self) {
+        let rest = match self.gzip.take().map(flate2::write::GzEncoder::finish) {
+            None => Ok(Vec::new()),
+            Some(Ok(rest)) => Ok(rest),
+            Some(Err(e)) => Err(e),
+        };
+        match rest {
+            Ok(rest) => {
+                self.finished = true;
+                let _ = self.send(rest);
+            }
+            Err(e) => tracing::error!(error = %e, "Compressing the metrics page failed."),
+        }
+    }
+}
+
+impl Drop for PageSink {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self
+                .tx
+                .blocking_send(Err(std::io::Error::other("the metrics page was cut short")));
+        }
+    }
+}
+
+/// A chunk's buffer: room for a chunk and the series that crosses its end.
+fn fresh_chunk() -> Vec<u8> {
+    Vec::with_capacity(CHUNK + CHUNK / 4)
 }
 
 async fn metrics(state: &State, headers: &HeaderMap) -> Response<Body> {
@@ -144,38 +235,25 @@ async fn metrics(state: &State, headers: &HeaderMap) -> Response<Body> {
     let compress = accepts_gzip(headers);
     let ingester = Arc::clone(&state.ingester);
     let ports = state.udp_ports.clone();
-    let rendered = tokio::task::spawn_blocking(move || {
-        let page = render_metrics(&ingester, format, &ports);
-        if compress {
-            gzip(&page).map(|z| (z, true))
-        } else {
-            Ok((page, false))
+    let (tx, body) = streamed(CHUNKS_QUEUED);
+    tokio::task::spawn_blocking(move || {
+        let mut sink = PageSink::new(tx, compress);
+        let sent = render_metrics(&ingester, format, &ports, CHUNK, &mut |out| sink.take(out));
+        if sent.is_continue() {
+            sink.finish();
         }
-    })
-    .await;
-    match rendered {
-        Ok(Ok((body, gzipped))) => {
-            let mut resp = text(StatusCode::OK, Bytes::from(body));
-            let h = resp.headers_mut();
-            h.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(format.content_type()),
-            );
-            h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
-            if gzipped {
-                h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            }
-            resp
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "Compressing the metrics page failed.");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "compression failed\n")
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "Rendering the metrics page failed.");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n")
-        }
+    });
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    if compress {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
+    resp
 }
 
 /// Routes one request.

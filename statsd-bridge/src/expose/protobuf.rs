@@ -11,6 +11,8 @@
     clippy::panic
 )]
 
+use std::ops::ControlFlow;
+
 use prost::Message;
 
 use crate::aggregate::native::NativeSnapshot;
@@ -329,12 +331,26 @@ fn metric_type(kind: Option<Kind>, value: &Value) -> MetricType {
 
 /// Appends every family of the snapshot, one length-delimited `MetricFamily` each.
 pub fn encode_protobuf(snapshot: &Snapshot, out: &mut Vec<u8>) {
+    let _ = encode_protobuf_chunked(snapshot, usize::MAX, out, |_| ControlFlow::Continue(()));
+}
+
+/// [`encode_protobuf`] in chunks, as [`super::encode_chunked`]: `flush` gets `out` after each
+/// family once it holds `chunk` bytes.
+pub fn encode_protobuf_chunked(
+    snapshot: &Snapshot,
+    chunk: usize,
+    out: &mut Vec<u8>,
+    mut flush: impl FnMut(&mut Vec<u8>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let mut family: Option<MetricFamily> = None;
     for series in &snapshot.series {
         let name = series.name();
         if family.as_ref().is_none_or(|f| f.name != name) {
             if let Some(done) = family.take() {
                 write(&done, out);
+                if out.len() >= chunk {
+                    flush(out)?;
+                }
             }
             let meta = snapshot.family(name);
             family = Some(MetricFamily {
@@ -354,6 +370,7 @@ pub fn encode_protobuf(snapshot: &Snapshot, out: &mut Vec<u8>) {
     if let Some(done) = family {
         write(&done, out);
     }
+    ControlFlow::Continue(())
 }
 
 fn write(family: &MetricFamily, out: &mut Vec<u8>) {
