@@ -48,6 +48,9 @@ pub struct Worker {
     pub cache_hits: u64,
     /// Mapping cache misses since the counters were last taken.
     pub cache_misses: u64,
+    /// Values applied by StatsD type since the counters were last taken: added to the
+    /// shared counters once per datagram, not per line.
+    samples: [u64; 6],
     /// Origin lookups with their caches, when origin detection is on.
     pub origin: Option<origin::Cursor>,
     name: String,
@@ -119,6 +122,7 @@ impl Worker {
             resolver: Resolver::new(handle, cache_size),
             cache_hits: 0,
             cache_misses: 0,
+            samples: [0; 6],
             origin: None,
             name: String::new(),
             known: KnownSeries {
@@ -412,9 +416,13 @@ impl Ingester {
         counters.bytes.inc_by(bytes.len() as u64);
         let now = Instant::now();
         worker.set_sender(sender, now);
+        let mut lines = 0;
         for line in protocol::lines(bytes) {
-            self.line(line, transport, worker, now);
+            self.apply_line(line, transport, worker, now);
+            lines += 1;
         }
+        // Counted once applied, as in `line`.
+        counters.lines.inc_by(lines);
         self.flush_counts(worker);
     }
 
@@ -453,6 +461,7 @@ impl Ingester {
                 .mapping_cache_misses
                 .inc_by(std::mem::take(&mut worker.cache_misses));
         }
+        self.telemetry.add_samples(&mut worker.samples);
     }
 
     /// Applies one line (without its line ending).
@@ -474,8 +483,10 @@ impl Ingester {
                 kind,
                 rate_invalid,
             } => {
-                if let Some(kind) = kind {
-                    t.samples(kind, outcome.samples);
+                if let Some(kind) = kind
+                    && let Some(n) = worker.samples.get_mut(Telemetry::type_index(kind))
+                {
+                    *n += u64::from(outcome.samples);
                 }
                 if rate_invalid {
                     t.sample_rate_invalid.inc();
