@@ -24,8 +24,8 @@ use nom::{IResult as NomResult, Parser};
 
 type IResult<'a, O> = NomResult<&'a str, O, LineError>;
 
-/// Haystacks at least this long go to `memchr`; shorter ones (most fields) are scanned a
-/// word at a time, which costs less than `memchr`'s set-up.
+/// Bytes scanned a word at a time before `memchr` takes the rest: most fields are shorter,
+/// and such a scan costs less than `memchr`'s set-up.
 const MEMCHR_MIN: usize = 64;
 
 const LO: u64 = 0x0101_0101_0101_0101;
@@ -61,12 +61,14 @@ fn find_any(hay: &[u8], bytes: &[u8]) -> Option<usize> {
     tail.iter().position(|c| bytes.contains(c)).map(|i| at + i)
 }
 
-/// The first `b` in `hay`.
+/// The first `b` in `hay`: its first bytes a word at a time (the byte is usually there),
+/// the rest by `memchr`.
 fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
-    if hay.len() >= MEMCHR_MIN {
-        memchr::memchr(b, hay)
-    } else {
-        find_any(hay, &[b])
+    match hay.split_at_checked(MEMCHR_MIN) {
+        None => find_any(hay, &[b]),
+        Some((head, rest)) => {
+            find_any(head, &[b]).or_else(|| memchr::memchr(b, rest).map(|i| i + MEMCHR_MIN))
+        }
     }
 }
 
