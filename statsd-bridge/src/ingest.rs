@@ -65,7 +65,8 @@ pub struct Worker {
 #[derive(Debug, Default)]
 struct KnownSeries {
     enabled: bool,
-    generation: (u64, u64),
+    /// The rules', the pod index's and the store's: the handles are into that store.
+    generation: (u64, u64, u64),
     lines: HashMap<Box<[u8]>, Known, foldhash::fast::RandomState>,
     probe: Vec<u8>,
     /// Lines not remembered because the map was full, since it was last emptied.
@@ -206,6 +207,7 @@ fn ingest_repeated(
     let generations = (
         worker.resolver.generation(),
         worker.origin.as_ref().map_or(0, origin::Cursor::generation),
+        store.id(),
     );
     let known = &mut worker.known;
     if generations != known.generation || known.turned_away > KNOWN_TURNED_AWAY_MAX {
@@ -638,6 +640,12 @@ mod tests {
         // A series removed from the store (a TTL, a deleted pod) is made again.
         store.remove_labelled(|_| true);
         ingest_line(&store, b"app.web.hits:1|c|#k:v", &opts, &mut worker, now);
+        assert_eq!(values(&store), [("requests{k=v}".to_owned(), 1.0)]);
+
+        // The same worker with another store: that store gets the line, not the first.
+        let other = Store::new(StoreConfig::default(), []);
+        ingest_line(&other, b"app.web.hits:1|c|#k:v", &opts, &mut worker, now);
+        assert_eq!(values(&other), [("requests{k=v}".to_owned(), 1.0)]);
         assert_eq!(values(&store), [("requests{k=v}".to_owned(), 1.0)]);
     }
 

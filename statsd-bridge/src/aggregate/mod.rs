@@ -395,7 +395,11 @@ pub struct Store {
     len: AtomicUsize,
     /// Set once any series has a TTL, so the sweep costs nothing otherwise.
     any_ttl: std::sync::atomic::AtomicBool,
+    id: u64,
 }
+
+/// Ids of stores made so far, so a worker's handles are never used with another store.
+static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Randomly seeded per process, and several times faster than SipHash on short keys.
 type SeriesHasher = foldhash::fast::RandomState;
@@ -429,7 +433,13 @@ impl Store {
             names: std::sync::Mutex::new(names),
             len: AtomicUsize::new(0),
             any_ttl: std::sync::atomic::AtomicBool::new(false),
+            id: STORES.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Unique among the stores of the process (never 0).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The settings in force.
