@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use pipeline_benches::typical::typical_lines;
 use statsd_bridge::aggregate::native::{NativeHistogram, NativeOptions};
 use statsd_bridge::aggregate::{Store, StoreConfig};
 use statsd_bridge::expose::{Format, encode_bytes, encode_text};
@@ -84,34 +85,6 @@ fn heap_of(store: Store) -> isize {
     drop(store);
     COUNTING.store(false, Ordering::Relaxed);
     FREED.load(Ordering::Relaxed)
-}
-
-/// A mix of typical DogStatsD lines: plain, sampled, tagged, packed, timers, sets.
-fn typical_lines() -> Vec<String> {
-    let mut out = Vec::new();
-    for i in 0..1000 {
-        out.push(match i % 8 {
-            0 => format!(
-                "app.requests:1|c|#env:prod,route:/api/v{},status:200",
-                i % 7
-            ),
-            1 => format!("app.latency:{}|ms|@0.5|#env:prod,route:/api", i % 500),
-            2 => format!("app.queue.depth:{}|g|#env:prod,queue:q{}", i, i % 3),
-            3 => "app.bytes:512:1024:2048|d|#env:prod".to_owned(),
-            4 => format!("app.users:user{}|s|#env:prod", i % 100),
-            5 => format!("plain.counter.{}:1|c", i % 10),
-            6 => format!(
-                "app.hist:{}|h|#env:prod,host:node-{}|c:abc123|T1700000000",
-                i,
-                i % 5
-            ),
-            _ => format!(
-                "app.errors:1|c|@0.1|#env:prod,service:checkout,version:1.2.{}",
-                i % 4
-            ),
-        });
-    }
-    out
 }
 
 fn parse(c: &mut Criterion) {

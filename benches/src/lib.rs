@@ -8,6 +8,7 @@
 //! - [`http`], [`procfs`]: a tiny `GET` client and `/proc` readers (RSS, CPU, UDP drops).
 //! - [`sut`]: starting and reading the systems under test (drain, statsd-bridge, collectd,
 //!   statsd_exporter).
+//! - [`typical`]: the typical DogStatsD lines of the criterion benches.
 //! - [`search`]: the lossless-rate search and the Markdown table of `load_harness`.
 //!
 //! Everything sends to and listens on loopback only, and every loop is bounded in time.
@@ -22,3 +23,4 @@ pub mod procfs;
 pub mod search;
 pub mod sut;
 pub mod traffic;
+pub mod typical;

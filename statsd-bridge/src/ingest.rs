@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::aggregate::{Outcome, Rejection, Scratch, Store, StoreConfig};
+use crate::aggregate::{Outcome, Rejection, Scratch, SeriesHandle, Store, StoreConfig};
 use crate::mapping::{
     CacheUse, DefaultsSpec, Mapper, MapperHandle, MatchMetricType, MatchType, Resolver,
 };
@@ -48,32 +48,36 @@ pub struct Worker {
     pub cache_hits: u64,
     /// Mapping cache misses since the counters were last taken.
     pub cache_misses: u64,
+    /// Values applied by StatsD type since the counters were last taken: added to the
+    /// shared counters once per datagram, not per line.
+    samples: [u64; 6],
     /// Origin lookups with their caches, when origin detection is on.
     pub origin: Option<origin::Cursor>,
     name: String,
     known: KnownSeries,
 }
 
-/// The series key each recent distinct line built, by what the key depends on (name, tags,
-/// type, `|c:`, the sender's labels), so a repeated line skips mapping, sanitizing and key
-/// building: most lines repeat a series. Dropped whenever the mapping rules or the pod index
+/// The series each recent distinct line went to, by what its key depends on (name, tags,
+/// type, `|c:`, the sender's labels), so a repeated line skips mapping, sanitizing, key
+/// building and the store's map: most lines repeat a series. Dropped whenever the mapping rules or the pod index
 /// change. A line answered from here counts the mapping lookup it skipped as the mapping
 /// cache would have answered it.
 #[derive(Debug, Default)]
 struct KnownSeries {
     enabled: bool,
-    generation: (u64, u64),
+    /// The rules', the pod index's and the store's: the handles are into that store.
+    generation: (u64, u64, u64),
     lines: HashMap<Box<[u8]>, Known, foldhash::fast::RandomState>,
     probe: Vec<u8>,
     /// Lines not remembered because the map was full, since it was last emptied.
     turned_away: usize,
-    /// Bytes the map holds (its keys and series keys).
+    /// Bytes the map holds (its keys, and what a handle keeps alive).
     bytes: usize,
 }
 
 #[derive(Debug)]
 struct Known {
-    key: Box<[u8]>,
+    series: SeriesHandle,
     scale: Option<f64>,
     /// The line's name went through the mapping rules (there are some).
     mapped: bool,
@@ -119,6 +123,7 @@ impl Worker {
             resolver: Resolver::new(handle, cache_size),
             cache_hits: 0,
             cache_misses: 0,
+            samples: [0; 6],
             origin: None,
             name: String::new(),
             known: KnownSeries {
@@ -202,6 +207,7 @@ fn ingest_repeated(
     let generations = (
         worker.resolver.generation(),
         worker.origin.as_ref().map_or(0, origin::Cursor::generation),
+        store.id(),
     );
     let known = &mut worker.known;
     if generations != known.generation || known.turned_away > KNOWN_TURNED_AWAY_MAX {
@@ -212,7 +218,7 @@ fn ingest_repeated(
     }
     known.probe(s, worker.scratch.origin());
     if let Some(hit) = known.lines.get(known.probe.as_slice())
-        && let Some(applied) = store.ingest_known(s, &hit.key, hit.scale, now)
+        && let Some(applied) = store.ingest_known(s, &hit.series, hit.scale, now)
     {
         if hit.mapped && worker.resolver.has_cache() {
             worker.cache_hits += 1;
@@ -240,17 +246,25 @@ fn ingest_repeated(
     }
     let (result, target) = ingest_metric(store, s, worker, now);
     let known = &mut worker.known;
-    let size = known.probe.len() + worker.scratch.key().len();
-    if size > KNOWN_LINE_MAX {
+    let size = known.probe.len() + SeriesHandle::KEPT_BYTES;
+    if known.probe.len() + worker.scratch.key().len() > KNOWN_LINE_MAX {
         // Not remembered, and not a sign the working set moved.
     } else if known.lines.len() >= KNOWN_MAX || known.bytes + size > KNOWN_BYTES_MAX {
         known.turned_away += 1;
-    } else if let (LineResult::Accepted { outcome, .. }, Some((scale, mapped))) = (result, target) {
+    } else if let (
+        LineResult::Accepted { outcome, .. },
+        Some(Taken {
+            scale,
+            mapped,
+            series: Some(series),
+        }),
+    ) = (result, target)
+    {
         known.bytes += size;
         known.lines.insert(
             known.probe.as_slice().into(),
             Known {
-                key: worker.scratch.key().into(),
+                series,
                 scale,
                 mapped,
                 tags_skipped: outcome.tags_skipped,
@@ -261,14 +275,21 @@ fn ingest_repeated(
     result
 }
 
-/// A metric line the full way: mapping, the sender's labels, the key, the store. Also
-/// returns the target's scale and whether a mapping lookup was counted.
+/// What [`KnownSeries`] remembers of a line that took the full way.
+struct Taken {
+    scale: Option<f64>,
+    /// A mapping lookup was counted.
+    mapped: bool,
+    series: Option<SeriesHandle>,
+}
+
+/// A metric line the full way: mapping, the sender's labels, the key, the store.
 fn ingest_metric(
     store: &Store,
     s: &protocol::Sample<'_>,
     worker: &mut Worker,
     now: Instant,
-) -> (LineResult, Option<(Option<f64>, bool)>) {
+) -> (LineResult, Option<Taken>) {
     // Rules match the name as sent, tags removed (a mid-name SignalFx section too).
     let name = if s.name_suffix.is_empty() {
         s.name
@@ -294,19 +315,27 @@ fn ingest_metric(
         _ => None,
     };
     let datagram_origin = by_container.map(|l| scratch.replace_origin(Some(l)));
-    let result = store.ingest_sample_to(s, &target, scratch, now);
+    let result = store.ingest_sample_handle(s, &target, scratch, now);
     if let Some(previous) = datagram_origin {
         scratch.replace_origin(previous);
     }
-    let result = match result {
-        Ok(outcome) => LineResult::Accepted {
-            outcome,
-            kind: Some(s.kind),
-            rate_invalid: s.rate_invalid,
-        },
-        Err(r) => LineResult::Dropped(r),
+    let (result, series) = match result {
+        Ok((outcome, series)) => (
+            LineResult::Accepted {
+                outcome,
+                kind: Some(s.kind),
+                rate_invalid: s.rate_invalid,
+            },
+            Some(series),
+        ),
+        Err(r) => (LineResult::Dropped(r), None),
     };
-    (result, Some((target.scale, cache != CacheUse::NoRules)))
+    let taken = Taken {
+        scale: target.scale,
+        mapped: cache != CacheUse::NoRules,
+        series,
+    };
+    (result, Some(taken))
 }
 
 /// Shared by every listener: the store, parse options and self-metrics.
@@ -389,9 +418,13 @@ impl Ingester {
         counters.bytes.inc_by(bytes.len() as u64);
         let now = Instant::now();
         worker.set_sender(sender, now);
+        let mut lines = 0;
         for line in protocol::lines(bytes) {
-            self.line(line, transport, worker, now);
+            self.apply_line(line, transport, worker, now);
+            lines += 1;
         }
+        // Counted once applied, as in `line`.
+        counters.lines.inc_by(lines);
         self.flush_counts(worker);
     }
 
@@ -430,6 +463,7 @@ impl Ingester {
                 .mapping_cache_misses
                 .inc_by(std::mem::take(&mut worker.cache_misses));
         }
+        self.telemetry.add_samples(&mut worker.samples);
     }
 
     /// Applies one line (without its line ending).
@@ -451,8 +485,10 @@ impl Ingester {
                 kind,
                 rate_invalid,
             } => {
-                if let Some(kind) = kind {
-                    t.samples(kind, outcome.samples);
+                if let Some(kind) = kind
+                    && let Some(n) = worker.samples.get_mut(Telemetry::type_index(kind))
+                {
+                    *n += u64::from(outcome.samples);
                 }
                 if rate_invalid {
                     t.sample_rate_invalid.inc();
@@ -604,6 +640,12 @@ mod tests {
         // A series removed from the store (a TTL, a deleted pod) is made again.
         store.remove_labelled(|_| true);
         ingest_line(&store, b"app.web.hits:1|c|#k:v", &opts, &mut worker, now);
+        assert_eq!(values(&store), [("requests{k=v}".to_owned(), 1.0)]);
+
+        // The same worker with another store: that store gets the line, not the first.
+        let other = Store::new(StoreConfig::default(), []);
+        ingest_line(&other, b"app.web.hits:1|c|#k:v", &opts, &mut worker, now);
+        assert_eq!(values(&other), [("requests{k=v}".to_owned(), 1.0)]);
         assert_eq!(values(&store), [("requests{k=v}".to_owned(), 1.0)]);
     }
 

@@ -422,13 +422,30 @@ impl Telemetry {
         }
     }
 
+    /// Where `t` is in the arrays of per-type counts ([`Telemetry::add_samples`]).
+    pub fn type_index(t: MetricType) -> usize {
+        match t {
+            MetricType::Counter => 0,
+            MetricType::Gauge => 1,
+            MetricType::Timer => 2,
+            MetricType::Histogram => 3,
+            MetricType::Distribution => 4,
+            MetricType::Set => 5,
+        }
+    }
+
+    /// Adds per-type counts of applied values (by [`Telemetry::type_index`]) and zeroes them.
+    pub fn add_samples(&self, counts: &mut [u64; TYPES.len()]) {
+        for (c, n) in self.samples.iter().zip(counts.iter_mut()) {
+            if *n > 0 {
+                c.inc_by(std::mem::take(n));
+            }
+        }
+    }
+
     /// Counts applied values of a type.
     pub fn samples(&self, t: MetricType, n: u32) {
-        if let Some(c) = TYPES
-            .iter()
-            .position(|x| *x == t)
-            .and_then(|i| self.samples.get(i))
-        {
+        if let Some(c) = self.samples.get(Self::type_index(t)) {
             c.inc_by(u64::from(n));
         }
     }
@@ -459,5 +476,41 @@ impl Telemetry {
         if let Err(e) = prometheus::TextEncoder::new().encode_utf8(families, out) {
             tracing::warn!(error = %e, "Cannot encode the self-metrics.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::aggregate::{Store, StoreConfig};
+    use crate::ingest::{Ingester, defaults_of};
+    use crate::mapping::{Mapper, MapperHandle};
+    use crate::protocol::ParseOptions;
+
+    #[test]
+    fn a_datagram_counts_its_lines_and_samples_by_type() {
+        for t in TYPES {
+            assert_eq!(TYPES.get(Telemetry::type_index(t)), Some(&t));
+        }
+        let store = Arc::new(Store::new(StoreConfig::default(), []));
+        let mapper = Mapper::without_rules(&defaults_of(store.config()));
+        let telemetry = Arc::new(Telemetry::new().unwrap());
+        let ingester = Ingester::new(
+            store,
+            ParseOptions::default(),
+            Arc::clone(&telemetry),
+            None,
+            Arc::new(MapperHandle::new(mapper)),
+            10,
+        );
+        let mut worker = ingester.worker();
+        for _ in 0..2 {
+            ingester.datagram(b"a:1|c\nb:1:2|h\nbad\ns:x|s", Transport::Udp, &mut worker);
+        }
+        let samples: Vec<u64> = telemetry.samples.iter().map(IntCounter::get).collect();
+        assert_eq!(samples, [2, 0, 0, 4, 0, 2]);
+        assert_eq!(telemetry.transport(Transport::Udp).lines.get(), 8);
     }
 }

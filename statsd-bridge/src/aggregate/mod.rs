@@ -281,6 +281,29 @@ struct Series {
     last_seen: u32,
     /// Idle seconds after which the series goes; 0 keeps it.
     ttl: u32,
+    /// Set, under the lock, as the series leaves the map: a [`SeriesHandle`] kept by a
+    /// worker must then not write into it.
+    removed: bool,
+}
+
+/// A series behind its own lock, shared by the map and the handles workers keep, so a
+/// repeated line updates it without hashing its key or locking a shard.
+type Slot = Arc<std::sync::Mutex<Series>>;
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Series> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A series a line went to, for [`Store::ingest_known`]. It may outlive the series; it
+/// then writes nothing.
+#[derive(Debug, Clone)]
+pub struct SeriesHandle(Slot);
+
+impl SeriesHandle {
+    /// Heap bytes a handle keeps alive once its series is gone (the value itself is freed).
+    pub const KEPT_BYTES: usize =
+        2 * std::mem::size_of::<usize>() + std::mem::size_of::<std::sync::Mutex<Series>>();
 }
 
 /// One update, already converted (rate applied, ms in seconds).
@@ -364,7 +387,7 @@ const RESERVED_OWNER: &str = "";
 pub struct Store {
     cfg: StoreConfig,
     epoch: Instant,
-    series: DashMap<Arc<[u8]>, Series, SeriesHasher>,
+    series: DashMap<Arc<[u8]>, Slot, SeriesHasher>,
     families: Arc<DashMap<Box<str>, Family, SeriesHasher>>,
     /// New families are rare; one lock over the name registry (every written name → the
     /// family that writes it) keeps the collision checks atomic.
@@ -372,7 +395,11 @@ pub struct Store {
     len: AtomicUsize,
     /// Set once any series has a TTL, so the sweep costs nothing otherwise.
     any_ttl: std::sync::atomic::AtomicBool,
+    id: u64,
 }
+
+/// Ids of stores made so far, so a worker's handles are never used with another store.
+static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Randomly seeded per process, and several times faster than SipHash on short keys.
 type SeriesHasher = foldhash::fast::RandomState;
@@ -406,7 +433,13 @@ impl Store {
             names: std::sync::Mutex::new(names),
             len: AtomicUsize::new(0),
             any_ttl: std::sync::atomic::AtomicBool::new(false),
+            id: STORES.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Unique among the stores of the process (never 0).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The settings in force.
@@ -462,6 +495,18 @@ impl Store {
         scratch: &mut Scratch,
         now: Instant,
     ) -> Result<Outcome, Rejection> {
+        self.ingest_sample_handle(s, target, scratch, now)
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`Store::ingest_sample_to`], also returning the series the line went to.
+    pub fn ingest_sample_handle(
+        &self,
+        s: &Sample<'_>,
+        target: &Target<'_>,
+        scratch: &mut Scratch,
+        now: Instant,
+    ) -> Result<(Outcome, SeriesHandle), Rejection> {
         let kind = Kind::of(s.kind, target.observer);
         let mut outcome = scratch.build(
             Name {
@@ -474,7 +519,7 @@ impl Store {
             target,
             kind,
         )?;
-        let (samples, new_series) = if s.kind == MetricType::Set {
+        let (samples, new_series, slot) = if s.kind == MetricType::Set {
             let member = std::iter::once(Update::Member(s.set_member()));
             self.apply(scratch, kind, target, member, now)?
         } else {
@@ -482,20 +527,23 @@ impl Store {
         };
         outcome.samples = samples;
         outcome.new_series = new_series;
-        Ok(outcome)
+        Ok((outcome, SeriesHandle(slot)))
     }
 
-    /// Applies a metric line to the existing series `key` (a key [`Scratch`] built for an
-    /// earlier line with the same name, tags and sender); `None` when that series is gone,
-    /// and the line must take the full path.
+    /// Applies a metric line to `series`, which an earlier line with the same name, tags
+    /// and sender went to; `None` when that series is gone, and the line must take the full
+    /// path.
     pub fn ingest_known(
         &self,
         s: &Sample<'_>,
-        key: &[u8],
+        series: &SeriesHandle,
         scale: Option<f64>,
         now: Instant,
     ) -> Option<Result<u32, Rejection>> {
-        let mut series = self.series.get_mut(key)?;
+        let mut series = lock(&series.0);
+        if series.removed {
+            return None;
+        }
         series.last_seen = self.seconds(now);
         Some(if s.kind == MetricType::Set {
             let member = std::iter::once(Update::Member(s.set_member()));
@@ -550,7 +598,7 @@ impl Store {
         };
         let mut outcome = scratch.build(name, &e.tags, &extra, &target, Kind::Counter)?;
         let update = std::iter::once(Update::Add(1.0));
-        (outcome.samples, outcome.new_series) =
+        (outcome.samples, outcome.new_series, _) =
             self.apply(scratch, Kind::Counter, &target, update, now)?;
         Ok(outcome)
     }
@@ -572,7 +620,7 @@ impl Store {
         };
         let mut outcome = scratch.build(name, &sc.tags, &extra, &target, Kind::Gauge)?;
         let update = std::iter::once(Update::Set(f64::from(sc.status)));
-        (outcome.samples, outcome.new_series) =
+        (outcome.samples, outcome.new_series, _) =
             self.apply(scratch, Kind::Gauge, &target, update, now)?;
         Ok(outcome)
     }
@@ -584,11 +632,16 @@ impl Store {
         target: &Target<'_>,
         updates: impl Iterator<Item = Update<'u>>,
         now: Instant,
-    ) -> Result<(u32, bool), Rejection> {
+    ) -> Result<(u32, bool, Slot), Rejection> {
         let seen = self.seconds(now);
-        if let Some(mut series) = self.series.get_mut(scratch.key.as_slice()) {
+        // A slot in the map is never `removed`: it leaves the map as it is marked.
+        if let Some(entry) = self.series.get(scratch.key.as_slice()) {
+            let slot = Arc::clone(entry.value());
+            let mut series = lock(&slot);
             series.last_seen = seen;
-            return Ok((self.update(&mut series.cell, updates, now)?, false));
+            let n = self.update(&mut series.cell, updates, now)?;
+            drop(series);
+            return Ok((n, false, slot));
         }
         // The cap comes first so a storm of new names can't grow the family registry either.
         if self.len() >= self.cfg.max_series {
@@ -596,10 +649,13 @@ impl Store {
         }
         let family = self.check_family(scratch.name(), kind, target.help)?;
         match self.series.entry(Arc::from(scratch.key.as_slice())) {
-            Entry::Occupied(mut e) => {
-                let series = e.get_mut();
+            Entry::Occupied(e) => {
+                let slot = Arc::clone(e.get());
+                let mut series = lock(&slot);
                 series.last_seen = seen;
-                Ok((self.update(&mut series.cell, updates, now)?, false))
+                let n = self.update(&mut series.cell, updates, now)?;
+                drop(series);
+                Ok((n, false, slot))
             }
             Entry::Vacant(e) => {
                 let mut cell = self.new_cell(kind, target, now);
@@ -609,14 +665,16 @@ impl Store {
                 if ttl > 0 {
                     self.any_ttl.store(true, Ordering::Relaxed);
                 }
-                e.insert(Series {
+                let slot = Arc::new(std::sync::Mutex::new(Series {
                     cell,
                     last_seen: seen,
                     ttl,
-                });
+                    removed: false,
+                }));
+                e.insert(Arc::clone(&slot));
                 self.len.fetch_add(1, Ordering::Relaxed);
                 family.fetch_add(1, Ordering::Relaxed);
-                Ok((n, true))
+                Ok((n, true, slot))
             }
         }
     }
@@ -774,9 +832,15 @@ impl Store {
     fn remove_where(&self, mut doomed: impl FnMut(&[u8], &Series) -> bool) -> usize {
         let mut removed = 0;
         let mut emptied: Vec<Box<str>> = Vec::new();
-        self.series.retain(|key, s| {
-            let keep = !doomed(key, s);
+        self.series.retain(|key, slot| {
+            let mut s = lock(slot);
+            // Decided and marked under the series' lock: a line through a handle lands
+            // before (and keeps a TTL'd series alive) or sees it gone and makes it again.
+            let keep = !doomed(key, &s);
             if !keep {
+                s.removed = true;
+                // Freed now, not when the last worker drops its handle.
+                s.cell = Cell::Counter(0.0);
                 removed += 1;
                 let name = family_name(key);
                 if let Some(f) = self.families.get(name)
@@ -813,7 +877,8 @@ impl Store {
         // Shared locks, one shard at a time: ingestion into other shards goes on.
         for entry in self.series.iter() {
             let key = Arc::clone(entry.key());
-            let value = match &entry.value().cell {
+            let live = lock(entry.value());
+            let value = match &live.cell {
                 Cell::Counter(v) => Value::Counter(*v),
                 Cell::Gauge(v) => Value::Gauge(*v),
                 Cell::Set(set) => {

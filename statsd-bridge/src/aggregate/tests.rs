@@ -520,3 +520,58 @@ fn openmetrics_page_leaves_out_negative_sums() {
         "the text format keeps it"
     );
 }
+
+#[test]
+fn a_kept_handle_of_a_removed_series_writes_nothing() {
+    let s = store(StoreConfig {
+        ttl: Duration::from_secs(5),
+        ..StoreConfig::default()
+    });
+    let t0 = Instant::now();
+    let line = match crate::protocol::parse_line(b"h:1|c", &ParseOptions::default()) {
+        Ok(crate::protocol::Line::Metric(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    let mut scratch = Scratch::default();
+    let (_, handle) = s
+        .ingest_sample_handle(&line, &s.default_target(), &mut scratch, t0)
+        .unwrap();
+    assert_eq!(s.ingest_known(&line, &handle, None, t0), Some(Ok(1)));
+    assert_eq!(s.expire(t0 + Duration::from_secs(9)), 1);
+    assert_eq!(s.ingest_known(&line, &handle, None, t0), None);
+    assert!(s.is_empty());
+    s.ingest_sample_to(&line, &s.default_target(), &mut scratch, t0)
+        .unwrap();
+    assert_eq!(s.ingest_known(&line, &handle, None, t0), None);
+    assert_eq!(parse_page(&page(&s, t0))["h{}"], 1.0);
+}
+
+/// Two threads' workers keep handles of one series across its removals, while pages are
+/// read: every line lands exactly once, and none in a removed series.
+#[test]
+fn workers_handles_survive_removals_across_threads() {
+    const LINES: usize = 2_000;
+    let s = store(StoreConfig::default());
+    let now = Instant::now();
+    let mut workers = [Worker::unmapped(s.config()), Worker::unmapped(s.config())];
+    for round in 0..5 {
+        std::thread::scope(|scope| {
+            for worker in &mut workers {
+                let s = &s;
+                scope.spawn(move || {
+                    for _ in 0..LINES {
+                        let r =
+                            ingest_line(s, b"hot:1|c|#k:v", &ParseOptions::default(), worker, now);
+                        assert!(matches!(r, LineResult::Accepted { .. }));
+                    }
+                });
+            }
+            for _ in 0..20 {
+                page(&s, now);
+            }
+        });
+        let got = parse_page(&page(&s, now));
+        assert_eq!(got["hot{k=\"v\"}"], (2 * LINES) as f64, "round {round}");
+        assert_eq!((s.len(), s.remove_labelled(|_| true)), (1, 1));
+    }
+}
