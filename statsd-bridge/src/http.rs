@@ -200,15 +200,15 @@ impl PageSink {
 
     /// Sends gzip's trailer.
     fn finish(mut self) {
-        let rest = match self.gzip.take().map(flate2::write::GzEncoder::finish) {
-            None => Ok(Vec::new()),
-            Some(Ok(rest)) => Ok(rest),
-            Some(Err(e)) => Err(e),
-        };
-        match rest {
+        match self
+            .gzip
+            .take()
+            .map(flate2::write::GzEncoder::finish)
+            .transpose()
+        {
             Ok(rest) => {
                 self.finished = true;
-                let _ = self.send(rest);
+                let _ = self.send(rest.unwrap_or_default());
             }
             Err(e) => tracing::error!(error = %e, "Compressing the metrics page failed."),
         }

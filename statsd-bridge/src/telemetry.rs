@@ -443,13 +443,6 @@ impl Telemetry {
         }
     }
 
-    /// Counts applied values of a type.
-    pub fn samples(&self, t: MetricType, n: u32) {
-        if let Some(c) = self.samples.get(Self::type_index(t)) {
-            c.inc_by(u64::from(n));
-        }
-    }
-
     /// Every family name this registry exposes, with the series names they write, so user
     /// lines can't take them.
     pub fn reserved_names(&self) -> Vec<String> {

@@ -625,6 +625,21 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Updates the series in `slot`, found in the map (so not removed), and hands it back.
+    fn update_existing<'u>(
+        &self,
+        slot: Slot,
+        seen: u32,
+        updates: impl Iterator<Item = Update<'u>>,
+        now: Instant,
+    ) -> Result<(u32, bool, Slot), Rejection> {
+        let mut series = lock(&slot);
+        series.last_seen = seen;
+        let n = self.update(&mut series.cell, updates, now)?;
+        drop(series);
+        Ok((n, false, slot))
+    }
+
     fn apply<'u>(
         &self,
         scratch: &Scratch,
@@ -635,13 +650,10 @@ impl Store {
     ) -> Result<(u32, bool, Slot), Rejection> {
         let seen = self.seconds(now);
         // A slot in the map is never `removed`: it leaves the map as it is marked.
+        // The shard guard (`entry`, `e`) is held through the update, so no removal comes
+        // between finding the slot and writing into it.
         if let Some(entry) = self.series.get(scratch.key.as_slice()) {
-            let slot = Arc::clone(entry.value());
-            let mut series = lock(&slot);
-            series.last_seen = seen;
-            let n = self.update(&mut series.cell, updates, now)?;
-            drop(series);
-            return Ok((n, false, slot));
+            return self.update_existing(Arc::clone(entry.value()), seen, updates, now);
         }
         // The cap comes first so a storm of new names can't grow the family registry either.
         if self.len() >= self.cfg.max_series {
@@ -649,14 +661,7 @@ impl Store {
         }
         let family = self.check_family(scratch.name(), kind, target.help)?;
         match self.series.entry(Arc::from(scratch.key.as_slice())) {
-            Entry::Occupied(e) => {
-                let slot = Arc::clone(e.get());
-                let mut series = lock(&slot);
-                series.last_seen = seen;
-                let n = self.update(&mut series.cell, updates, now)?;
-                drop(series);
-                Ok((n, false, slot))
-            }
+            Entry::Occupied(e) => self.update_existing(Arc::clone(e.get()), seen, updates, now),
             Entry::Vacant(e) => {
                 let mut cell = self.new_cell(kind, target, now);
                 let n = self.update(&mut cell, updates, now)?;
